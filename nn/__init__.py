@@ -1,0 +1,1 @@
+"""Torch side of cimcosim (CIM simulator, models, training, attacks); see the project README."""

@@ -1,0 +1,1 @@
+"""cimcosim pipeline: stage functions, their configs, artifacts and the CLI."""

@@ -1,0 +1,50 @@
+"""The one module that knows every path of a run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of one run folder."""
+
+    root: Path
+
+    @property
+    def characterize(self) -> Path:
+        return self.root / "characterize"
+
+    @property
+    def characterize_chunks(self) -> Path:
+        """Finished Monte Carlo chunks, one Parquet file each, keyed by the chunk's content hash."""
+        return self.characterize / "chunks"
+
+    @property
+    def samples(self) -> Path:
+        return self.characterize / "samples.parquet"
+
+    @property
+    def currents(self) -> Path:
+        return self.characterize / "currents.parquet"
+
+    @property
+    def pass_rate(self) -> Path:
+        return self.characterize / "pass_rate.parquet"
+
+    @property
+    def adc_codes(self) -> Path:
+        return self.characterize / "adc_codes.parquet"
+
+    @property
+    def pass_rate_png(self) -> Path:
+        return self.characterize / "pass_rate.png"
+
+    @property
+    def adc_codes_png(self) -> Path:
+        return self.characterize / "adc_codes.png"
+
+    @property
+    def characterize_manifest(self) -> Path:
+        return self.characterize / "manifest.json"

@@ -1,0 +1,50 @@
+"""Figures of the characterization (paper 001 Fig. 2b and a Fig. 4 analogue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_pass_rate(rates: pd.DataFrame, path: Path) -> None:
+    """Sense pass rate vs partial sum, one curve per W/L; column current on a second panel."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for wl, sub in rates.groupby("wl_ratio"):
+        n = int(sub.n_samples.min())
+        ax.plot(sub.level, sub.pass_rate, marker="o", ms=3, label=f"W/L={wl:g} (N={n})")
+        ax2.plot(sub.level, sub.psum_current_a * 1e6, marker=".", label=f"W/L={wl:g}")
+    ax.set(xlabel="partial sum (cells on)", ylabel="sense pass rate", ylim=(0, 1.02),
+           title="SA sense pass rate vs partial sum")
+    ax.legend()
+    ax2.set(xlabel="partial sum (cells on)", ylabel="bitline current at sense start (uA)",
+            title="column current (nominal devices)")
+    ax2.legend()
+    _save(fig, path)
+
+
+def plot_adc_codes(codes: pd.DataFrame, path: Path) -> None:
+    """Output-code distribution per input level (2-D histogram) for every ADC kind and W/L."""
+    groups = list(codes.groupby(["adc", "wl_ratio"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
+    for ax, ((adc, wl), sub) in zip(axes[0], groups, strict=True):
+        sub = sub[sub.code >= 0]
+        n_levels = int(codes.level.max()) + 1
+        hist, _, _ = np.histogram2d(sub.level, sub.code, bins=[np.arange(n_levels + 1) - 0.5] * 2)
+        hist = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+        ax.imshow(hist.T, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        std = sub.assign(err=sub.code - sub.level).groupby("level").err.std().mean()
+        ax.set(title=f"{adc} W/L={wl:g}: mean std {std:.2f} LSB", xlabel="ideal level", ylabel="output code")
+    _save(fig, path)
