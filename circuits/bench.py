@@ -114,7 +114,7 @@ def comparator_deck(
     step = spice_number("t_step_s", timing.t_step_s, positive=True)
     tmax = spice_number("t_max_s", timing.t_max_s, positive=True)
     saves = " ".join(f"out_{i} outb_{i}" for i in range(len(instances)))
-    lines = [str(circuit).rstrip(), ".options noacct " + options, f".save {saves}", f".tran {step} {stop} 0 {tmax} uic",
+    lines = [str(circuit).rstrip(), ".options noacct num_threads=1 " + options, f".save {saves}", f".tran {step} {stop} 0 {tmax} uic",
              ".end", ""]
     return "\n".join(lines)
 
@@ -136,7 +136,7 @@ def current_probe_deck(
         circuit.V(f"m{i}", f"bl_{i}", f"blc_{i}", raw_spice="0")
         circuit.X(f"bl{i}", Column.NAME, f"blc_{i}", rcol=_column_r(bitline, float(x), "x"))
         circuit.X(f"rf{i}", Column.NAME, f"ref_{i}", rcol=_column_r(bitline, float(x), "x"))
-    return "\n".join([str(circuit).rstrip(), ".options noacct", ".op", ".end", ""])
+    return "\n".join([str(circuit).rstrip(), ".options noacct num_threads=1", ".op", ".end", ""])
 
 
 def nominal_instance(x_bl: float, x_ref: float) -> SAInstance:
