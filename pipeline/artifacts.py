@@ -56,10 +56,10 @@ def _atomic_write_bytes(path: Path, writer: Any) -> None:
 
 
 def _table_digest(table: pa.Table) -> str:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    """Content hash of the values (and column names/types); independent of Arrow buffer layout."""
+    h = hashlib.sha256(str(table.schema).encode())
+    h.update(pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy().tobytes())
+    return h.hexdigest()
 
 
 def write_table(df: pd.DataFrame, path: Path, schema: pa.Schema, meta: Mapping[str, Any]) -> None:
@@ -70,6 +70,7 @@ def write_table(df: pd.DataFrame, path: Path, schema: pa.Schema, meta: Mapping[s
         raise ArtifactError(f"{path.name}: columns do not match schema (missing {missing}, extra {extra})")
     try:
         table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+        table = table.replace_schema_metadata(None)  # the digest covers data and schema, not pandas' notes
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise ArtifactError(f"{path.name}: data does not fit schema: {exc}") from exc
     record = dict(meta)

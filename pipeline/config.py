@@ -26,7 +26,7 @@ class CharacterizeConfig:
     """Built-in technology name or path of a technology JSON file."""
     wl_ratios: tuple[float, ...] = (4.0, 10.0)
     """SA core W/L values to characterize (L = Lmin * l_factor)."""
-    samples: int = 60
+    samples: int = 32
     """Monte Carlo samples per comparator reference (and SAR chips) per W/L."""
     adc: tuple[str, ...] = ADC_KINDS
     """Full-ADC Monte Carlo to run: any of 'flash', 'sar'. Flash chips reuse the comparator samples."""

@@ -1,0 +1,71 @@
+"""Bad input fails fast with one clear line and exit code 2, before any long work starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--samples", "0"], "samples=0 must be a positive integer"),
+    (["--wl", "-2"], "invalid W/L -2"),
+    (["--wl", "nan"], "invalid W/L nan"),
+    (["--tech", "tsmc40"], "unknown technology 'tsmc40'"),
+    (["--workers", "0"], "--workers 0 must be >= 1"),
+])
+def test_invalid_arguments(capsys, tmp_path, extra, needle):
+    code, line = _err(capsys, ["characterize", "--run-dir", str(tmp_path / "r"), *extra])
+    assert code == 2 and needle in line and line.startswith("cimcosim: error:")
+    assert not (tmp_path / "r" / "characterize" / "samples.parquet").exists()
+
+
+def _tech_file(tmp_path, **over):
+    card = tmp_path / "card.inc"
+    card.write_text(".model NMOS_X nmos level=54 version=4.8 toxe=notanumber\n")
+    data = {"name": "mine", "model_files": ["card.inc"], "nmos_model": "NMOS_X", "pmos_model": "PMOS_X",
+            "vdd_v": 1.0, "lmin_m": 5e-8, "avt_nmos_v_m": 2e-9, "avt_pmos_v_m": 2e-9}
+    data.update(over)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.spice
+def test_model_card_ngspice_rejects(capsys, tmp_path):
+    code, line = _err(capsys, ["characterize", "--run-dir", str(tmp_path / "r"), "--tech", str(_tech_file(tmp_path))])
+    assert code == 2 and "ngspice rejected technology 'mine'" in line
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"vdd_v": "1.0; .include /etc/passwd"}, "vdd_v"),
+    ({"nmos_model": "NMOS_X\n.end"}, "not a SPICE model name"),
+    ({"model_files": ["missing.inc"]}, "not found"),
+    ({"surprise": 1}, "unknown keys"),
+])
+def test_malformed_technology_file(capsys, tmp_path, over, needle):
+    code, line = _err(capsys, ["characterize", "--run-dir", str(tmp_path / "r"), "--tech",
+                               str(_tech_file(tmp_path, **over))])
+    assert code == 2 and needle in line
+
+
+def test_missing_ngspice_names_setup_script(tmp_path):
+    """A real missing library (PySpice pointed at a path that does not exist), in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NGSPICE_LIBRARY_PATH=str(tmp_path / "no" / "libngspice.so"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "characterize", "--run-dir", str(tmp_path / "r")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert last.startswith("cimcosim: error: ngspice shared library not found") and "ngspice_setup.sh" in last
