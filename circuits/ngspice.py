@@ -73,7 +73,8 @@ def _run_deck(deck: str) -> dict[str, np.ndarray]:
         ng.load_circuit(deck)
         ng.run()
         plot = ng.plot(None, ng.last_plot)
-        return {name: np.asarray(vec._data, dtype=float) for name, vec in plot.items()}
+        # PySpice's vectors are views into ngspice's memory, which destroy() frees: copy before that.
+        return {name: np.array(vec._data, dtype=float, copy=True) for name, vec in plot.items()}
     except Exception as exc:  # PySpice raises bare NgSpice*Error types from stdout scraping
         raise SimulationError(f"ngspice failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -142,12 +143,28 @@ def column_currents_a(
     return np.array([abs(float(vectors[f"vm{i}#branch"][0])) for i in range(len(xs))])
 
 
-def check_model_cards(tech: Technology) -> None:
-    """Run one nominal SA operating point; raise a one-line error if ngspice rejects the technology."""
-    try:
-        column_currents_a(tech, SenseAmpSizing(wl_ratio=4.0), BitlineConfig(), [1.0])
-    except SimulationError as exc:
-        raise SimulationError(
-            f"ngspice rejected technology {tech.name!r} (model files {', '.join(tech.model_files)}): {exc}; "
-            "check the model cards and the device names nmos_model/pmos_model"
-        ) from exc
+def _probe(tech: Technology) -> float:
+    return float(column_currents_a(tech, SenseAmpSizing(wl_ratio=4.0), BitlineConfig(), [1.0])[0])
+
+
+def check_model_cards(tech: Technology, timeout_s: float = 120.0) -> None:
+    """Run one nominal SA operating point in a throwaway process; one-line error if ngspice rejects it.
+
+    A separate process because an ngspice that has parsed a broken card can crash later in the same
+    process (measured: a segfault in the next deck); the Monte Carlo processes never see a bad card.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    hint = (f"ngspice rejected technology {tech.name!r} (model files {', '.join(tech.model_files)})")
+    fix = "check the model cards and the device names nmos_model/pmos_model"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            current = pool.submit(_probe, tech).result(timeout=timeout_s)
+        except SimulationError as exc:
+            raise SimulationError(f"{hint}: {exc}; {fix}") from exc
+        except BrokenProcessPool as exc:
+            raise SimulationError(f"{hint}: ngspice crashed on it; {fix}") from exc
+    if not np.isfinite(current) or current <= 0:
+        raise SimulationError(f"{hint}: the nominal SA draws no current ({current!r} A); {fix}")
