@@ -33,7 +33,8 @@ class SenseTiming:
     t_step_s: float = 5e-12
     """Suggested transient step, seconds."""
     t_max_s: float = 5e-12
-    """Maximum internal time step, seconds. Explicit TMAX with ``uic`` avoids gmin-stepping notes; 20 ps was measured to flip nominal decisions, 5 ps and 2 ps agree."""
+    """Maximum internal time step, seconds. Explicit TMAX with ``uic`` avoids gmin-stepping notes;
+    20 ps was measured to flip nominal decisions, 5 ps and 2 ps agree."""
 
     def __post_init__(self) -> None:
         for name in ("t_precharge_s", "t_sense_s", "t_edge_s", "t_step_s", "t_max_s"):
@@ -114,8 +115,8 @@ def comparator_deck(
     step = spice_number("t_step_s", timing.t_step_s, positive=True)
     tmax = spice_number("t_max_s", timing.t_max_s, positive=True)
     saves = " ".join(f"out_{i} outb_{i}" for i in range(len(instances)))
-    lines = [str(circuit).rstrip(), ".options noacct num_threads=1 " + options, f".save {saves}", f".tran {step} {stop} 0 {tmax} uic",
-             ".end", ""]
+    lines = [str(circuit).rstrip(), ".options noacct num_threads=1 " + options, f".save {saves}",
+             f".tran {step} {stop} 0 {tmax} uic", ".end", ""]
     return "\n".join(lines)
 
 
@@ -145,7 +146,9 @@ def nominal_instance(x_bl: float, x_ref: float) -> SAInstance:
     return SAInstance(x_bl, x_ref, zeros, zeros)
 
 
-def instances_from_draws(x_bl: np.ndarray, x_ref: np.ndarray, dvth_v: np.ndarray, dbeta: np.ndarray) -> list[SAInstance]:
+def instances_from_draws(
+    x_bl: np.ndarray, x_ref: np.ndarray, dvth_v: np.ndarray, dbeta: np.ndarray
+) -> list[SAInstance]:
     """Bundle per-instance arrays (``dvth_v``/``dbeta`` shaped [n, len(MISMATCH_DEVICES)]) into instances."""
     return [
         SAInstance(float(xb), float(xr), tuple(map(float, dv)), tuple(map(float, db)))

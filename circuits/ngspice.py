@@ -130,7 +130,7 @@ def decide(
     decision = _decide_with_fallback(tech, sizing, bitline, timing, instances)
     unresolved = np.flatnonzero(decision == UNRESOLVED)
     if unresolved.size:
-        retry = _decide_with_fallback(tech, sizing, bitline, timing.scaled(3.0), [instances[i] for i in unresolved])
+        retry = _decide_with_fallback(tech, sizing, bitline, timing.scaled(3.0), [instances[int(i)] for i in unresolved])
         decision[unresolved] = retry
     return decision
 

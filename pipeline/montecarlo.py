@@ -86,7 +86,7 @@ def _base_frame(ctx: SpiceContext, task: ChunkTask, samples: np.ndarray, dvth: n
 
 def trip_search(
     ctx: SpiceContext, sizing: SenseAmpSizing, ref_index: int, dvth: np.ndarray, dbeta: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bisection for the trip index of every sample; returns (trip_index, status, transients per sample).
 
     The grid has ``rows * 2**bits + 1`` points (x = m / 2**bits); trip index ``rows*2**bits + 1`` means

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from circuits._spice_text import NetlistValueError
 from circuits.adc import reference_x
 from circuits.bench import SenseTiming, comparator_deck, instances_from_draws, nominal_instance
 from circuits.bitline import BitlineConfig
 from circuits.ngspice import DECISION_HIGH, DECISION_LOW, decide
 from circuits.sense_amp import SenseAmpSizing
-from circuits._spice_text import NetlistValueError
 from pipeline.montecarlo import SpiceContext, decisions_from_trip, trip_search
 from pipeline.seeds import KIND_COMPARATOR, draw_mismatch
 
