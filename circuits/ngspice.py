@@ -130,7 +130,8 @@ def decide(
     decision = _decide_with_fallback(tech, sizing, bitline, timing, instances)
     unresolved = np.flatnonzero(decision == UNRESOLVED)
     if unresolved.size:
-        retry = _decide_with_fallback(tech, sizing, bitline, timing.scaled(3.0), [instances[int(i)] for i in unresolved])
+        again = [instances[int(i)] for i in unresolved]
+        retry = _decide_with_fallback(tech, sizing, bitline, timing.scaled(3.0), again)
         decision[unresolved] = retry
     return decision
 
