@@ -13,6 +13,7 @@ from tqdm import tqdm
 from circuits.ngspice import NgspiceUnavailable, SimulationError
 from circuits.technology import TechnologyError
 from pipeline.artifacts import ArtifactError
+from pipeline.chips import ChipsConfig
 from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError
 
 log = logging.getLogger("cimcosim")
@@ -41,17 +42,62 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resolution-bits", type=int, default=d.resolution_bits, help="trip-point grid: 1/2**bits level")
     c.add_argument("--no-mismatch", action="store_true", help="nominal devices (every decision must be ideal)")
     _add_exec_args(c)
+
+    f = sub.add_parser("fit", help="Gaussian Iref-offset model from the characterization (probit and direct)")
+    f.add_argument("--run-dir", type=Path, required=True)
+
+    ch = sub.add_parser("chips", help="per-chip ADC offset tables, validated against full-ADC SPICE")
+    _add_chips_args(ch)
+
+    r = sub.add_parser("run", help="characterize -> fit -> chips with default settings (the main job)")
+    r.add_argument("--run-dir", type=Path, required=True)
+    r.add_argument("--samples", type=int, default=d.samples, help="MC samples per reference and W/L")
+    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--n-chips", type=int, default=ChipsConfig().n_chips)
+    _add_exec_args(r)
     return parser
 
 
-def _characterize(args: argparse.Namespace) -> None:
+def _add_chips_args(p: argparse.ArgumentParser) -> None:
+    d = ChipsConfig()
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--n-chips", type=int, default=d.n_chips, help=f"chips per design ({d.n_chips})")
+    p.add_argument("--adc", nargs="+", default=list(d.adc), help="ADC kinds: flash sar")
+    p.add_argument("--wl", type=float, nargs="+", default=None, help="W/L values (default: all characterized)")
+    p.add_argument("--n-macros", type=int, default=d.n_macros)
+    p.add_argument("--columns-per-macro", type=int, default=d.columns_per_macro)
+    p.add_argument("--columns-per-adc", type=int, default=d.columns_per_adc)
+    p.add_argument("--sigma-source", default=d.sigma_source, help="direct | probit")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _chips_config(args: argparse.Namespace) -> ChipsConfig:
+    return ChipsConfig(n_chips=args.n_chips, adc=tuple(args.adc), wl_ratios=tuple(args.wl) if args.wl else None,
+                       n_macros=args.n_macros, columns_per_macro=args.columns_per_macro,
+                       columns_per_adc=args.columns_per_adc, sigma_source=args.sigma_source, seed=args.seed)
+
+
+def _chips(run_dir: Path, cfg: ChipsConfig) -> None:
+    from pipeline.chips import chips
+
+    out = chips(run_dir, cfg)
+    for key, v in out["validation"].items():
+        log.info("%s: mean TV %.3f (max %.3f at level %d); an exact table would show %.3f (95%% up to %.3f) "
+                 "with %d SPICE chips", key, v["mean_tv"], v["max_tv"], v["worst_level"], v["tv_noise_floor"],
+                 v["tv_noise_p95"], v["n_spice_chips"])
+
+
+def _characterize_config(args: argparse.Namespace) -> CharacterizeConfig:
+    return CharacterizeConfig(tech=args.tech, wl_ratios=tuple(args.wl), samples=args.samples, adc=tuple(args.adc),
+                              seed=args.seed, resolution_bits=args.resolution_bits, mismatch=not args.no_mismatch)
+
+
+def _characterize(cfg: CharacterizeConfig, args: argparse.Namespace) -> None:
     from pipeline.characterize import characterize
     from pipeline.executor import make_executor
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
-    cfg = CharacterizeConfig(tech=args.tech, wl_ratios=tuple(args.wl), samples=args.samples, adc=tuple(args.adc),
-                             seed=args.seed, resolution_bits=args.resolution_bits, mismatch=not args.no_mismatch)
     with make_executor(args.workers, args.scheduler) as ex, tqdm(desc="characterize", unit="chunk") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -64,6 +110,22 @@ def _characterize(args: argparse.Namespace) -> None:
              summary.n_metastable, args.run_dir / "characterize")
 
 
+def _fit(args: argparse.Namespace) -> None:
+    from pipeline.fit import fit
+
+    doc = fit(args.run_dir)
+    for m in doc["models"]:
+        law = m["power_law_sigma_over_iref"]
+        log.info("fit W/L=%g: sigma/Iref = %.3g * (Iref/uA)^%.2f (R2 %.2f)", m["wl_ratio"], law["a"], law["b"],
+                 law["r2"])
+
+
+def _run(args: argparse.Namespace) -> None:
+    _characterize(CharacterizeConfig(samples=args.samples, seed=args.seed), args)
+    _fit(args)
+    _chips(args.run_dir, ChipsConfig(n_chips=args.n_chips, seed=args.seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cimcosim`` console script."""
     args = _parser().parse_args(argv)
@@ -71,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "characterize":
-            _characterize(args)
+            _characterize(_characterize_config(args), args)
+        elif args.command == "fit":
+            _fit(args)
+        elif args.command == "chips":
+            _chips(args.run_dir, _chips_config(args))
+        elif args.command == "run":
+            _run(args)
     except _USER_ERRORS as exc:
         print(f"cimcosim: error: {exc}", file=sys.stderr)
         return 2

@@ -48,3 +48,27 @@ class RunPaths:
     @property
     def characterize_manifest(self) -> Path:
         return self.characterize / "manifest.json"
+
+    @property
+    def fit(self) -> Path:
+        return self.root / "fit"
+
+    @property
+    def sigma_table(self) -> Path:
+        return self.fit / "sigma.parquet"
+
+    @property
+    def offset_model(self) -> Path:
+        return self.fit / "offset_model.json"
+
+    @property
+    def chips(self) -> Path:
+        return self.root / "chips"
+
+    @property
+    def offsets(self) -> Path:
+        return self.chips / "offsets.parquet"
+
+    @property
+    def validation(self) -> Path:
+        return self.chips / "validation.json"
