@@ -161,7 +161,7 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
     spice_codes, codes_meta = read_table(paths.adc_codes, schemas.ADC_CODES, fix=fix_char)
     if codes_meta.get("config_hash") != fit_doc.get("upstream_config_hash"):
         raise ArtifactError("characterization changed since `cimcosim fit`; re-run `cimcosim fit --run-dir RUN`")
-    available = sorted(sigma.wl_ratio.unique())
+    available = sorted(float(w) for w in sigma.wl_ratio.unique())
     wls = tuple(cfg.wl_ratios) if cfg.wl_ratios else tuple(available)
     missing = [w for w in wls if w not in available]
     if missing:
