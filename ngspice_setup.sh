@@ -42,7 +42,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     || "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
 fi
 "${PIP[@]}" install -e ".[dev]"
-.venv/bin/python -c "import openram" >/dev/null 2>&1 || "${PIP[@]}" install --no-deps "openram==1.2.48"
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('openram') is None)" || "${PIP[@]}" install --no-deps "openram==1.2.48"
 
 .venv/bin/python - <<'PY'
 import logging
