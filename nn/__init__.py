@@ -1,1 +1,10 @@
-"""Torch side of cimcosim (CIM simulator, models, training, attacks); see the project README."""
+"""Torch CIM simulator: crossbar layers with bit-serial inputs, sliced weights and per-chip ADC offsets.
+
+nn knows nothing of SPICE: per-chip offsets arrive as threshold shifts in ADC LSB units (the chips
+stage's ``offset_lsb``, see pipeline/offset_table.py).
+"""
+
+from nn.config import ADCConfig, ArrayConfig, CIMConfig, CIMConfigError, QuantConfig
+from nn.layers import CIMConv2d, CIMLinear
+
+__all__ = ["ADCConfig", "ArrayConfig", "CIMConfig", "CIMConfigError", "CIMConv2d", "CIMLinear", "QuantConfig"]

@@ -1,0 +1,125 @@
+"""CIM simulator configuration: ADC, array and quantization parameters (frozen, validated dataclasses)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class CIMConfigError(ValueError):
+    """A CIM configuration value is invalid."""
+
+
+def _positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CIMConfigError(f"{name}={value!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ADCConfig:
+    """How a column's partial sum is read: thresholds and output levels in partial-sum units.
+
+    Uniform (default): ``2**bits`` levels 0, step, 2*step, ... with thresholds halfway (see ``psum_max``
+    for the step). Explicit: ``thresholds`` and ``levels``
+    (len(levels) = len(thresholds) + 1), e.g. seed 000's Table I schemes (:meth:`scheme`).
+    """
+
+    bits: int = 5
+    """ADC resolution of the uniform scheme."""
+    psum_max: float | None = None
+    """Full-scale partial sum of the uniform scheme; None: step = ceil(largest array partial sum /
+    (2**bits - 1)), at least 1 (so an ADC with enough bits reads every partial sum exactly)."""
+    thresholds: tuple[float, ...] | None = None
+    """Explicit decision thresholds (strictly increasing), partial-sum units."""
+    levels: tuple[float, ...] | None = None
+    """Explicit output value per code (len(thresholds) + 1), partial-sum units."""
+    kind: str = "flash"
+    """'flash' (per-comparator static offsets, ones-count encoding) or 'sar' (binary search)."""
+    noise_sigma: float = 0.0
+    """Per-inference Gaussian noise on the partial sum, partial-sum units (seed 000's noisy readout)."""
+
+    def __post_init__(self) -> None:
+        _positive_int("bits", self.bits)
+        if self.kind not in ("flash", "sar"):
+            raise CIMConfigError(f"ADC kind {self.kind!r}: choose 'flash' or 'sar'")
+        if not math.isfinite(self.noise_sigma) or self.noise_sigma < 0:
+            raise CIMConfigError(f"noise_sigma={self.noise_sigma!r} must be finite and >= 0")
+        if (self.thresholds is None) != (self.levels is None):
+            raise CIMConfigError("give both thresholds and levels for an explicit ADC scheme, or neither")
+        if self.thresholds is not None and self.levels is not None:
+            t = list(self.thresholds)
+            if any(not math.isfinite(v) for v in t + list(self.levels)):
+                raise CIMConfigError("ADC thresholds/levels must be finite")
+            if any(b <= a for a, b in zip(t, t[1:], strict=False)):
+                raise CIMConfigError(f"ADC thresholds {t} are not strictly increasing")
+            if len(self.levels) != len(t) + 1:
+                raise CIMConfigError(f"ADC scheme has {len(t)} thresholds but {len(self.levels)} levels; "
+                                     f"need {len(t) + 1}")
+        if self.psum_max is not None and (not math.isfinite(self.psum_max) or self.psum_max <= 0):
+            raise CIMConfigError(f"psum_max={self.psum_max!r} must be finite and > 0")
+
+    @staticmethod
+    def scheme(name: str) -> ADCConfig:
+        """Seed 000 Table I partial-sum quantization schemes for input-split networks: '1bit', '2bit', '3.5bit'."""
+        if name == "1bit":
+            return ADCConfig(thresholds=(0.0,), levels=(-1.0, 1.0))
+        if name == "2bit":
+            return ADCConfig(thresholds=(-24.0, 0.0, 24.0), levels=(-36.0, -12.0, 12.0, 36.0))
+        if name == "3.5bit":
+            t = tuple(float(v) for v in range(-54, 55, 12))
+            return ADCConfig(thresholds=t, levels=tuple(float(v) for v in range(-60, 61, 12)))
+        raise CIMConfigError(f"unknown ADC scheme {name!r}; choose '1bit', '2bit', '3.5bit'")
+
+    @property
+    def n_thresholds(self) -> int:
+        return len(self.thresholds) if self.thresholds is not None else 2**self.bits - 1
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Crossbar mapping of a layer."""
+
+    rows: int = 128
+    """Rows of one sub-array: the unrolled reduction dimension is split into tiles of this many rows."""
+    cell_bits: int = 1
+    """Bits stored per memory cell; weight magnitudes are sliced into cells of this many bits."""
+    columns_per_adc: int = 8
+    """Physical columns sharing one ADC through a column mux."""
+    n_macros: int = 8
+    """Macros on the die (for the ADC mapping; must match the offset table's geometry)."""
+    adcs_per_macro: int = 16
+    """ADCs per macro (for the ADC mapping)."""
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cell_bits", "columns_per_adc", "n_macros", "adcs_per_macro"):
+            _positive_int(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Weight and activation quantization."""
+
+    weight_bits: int = 2
+    """Signed weight bits (1: binary +-1; b >= 2: symmetric integers in [-(2^(b-1)-1), 2^(b-1)-1])."""
+    input_bits: int = 8
+    """Unsigned activation bits, applied bit-serially (one bit-plane per cycle)."""
+    input_max: float = 1.0
+    """Activation value mapped to the largest input code (inputs are clipped to [0, input_max])."""
+
+    def __post_init__(self) -> None:
+        _positive_int("weight_bits", self.weight_bits)
+        _positive_int("input_bits", self.input_bits)
+        if not math.isfinite(self.input_max) or self.input_max <= 0:
+            raise CIMConfigError(f"input_max={self.input_max!r} must be finite and > 0")
+
+
+@dataclass(frozen=True)
+class CIMConfig:
+    """Everything a CIM layer needs besides torch's own constructor arguments."""
+
+    adc: ADCConfig = field(default_factory=ADCConfig)
+    """ADC model of every column."""
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    """Sub-array size, cell bits and the ADC mapping geometry."""
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    """Weight and activation quantization."""

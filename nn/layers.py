@@ -1,0 +1,191 @@
+"""CIMLinear / CIMConv2d: torch's constructor signature plus one ``cim_config``.
+
+Forward on the simulated chip (bit-serial inputs, tiled crossbars, per-column ADCs with the chip's static
+threshold shifts and optional per-inference noise); backward in software: the layer returns
+``y_ideal + (y_cim - y_ideal).detach()``, so gradients are those of the quantized digital layer.
+
+ADC mapping (deterministic, inspectable with :meth:`adc_map`): a layer's physical columns are ordered
+(row tile, weight slice, polarity, output channel); every ``columns_per_adc`` consecutive columns of a
+tile share one ADC; ADCs are numbered from the layer's ``adc_base`` (set by :func:`nn.convert.convert`)
+and wrap around the die's ``n_macros * adcs_per_macro`` physical ADCs, i.e. a network larger than the
+die reuses the die's ADCs (time-multiplexed weight loading). Flat index f -> (macro_id, adc_id) =
+divmod(f, adcs_per_macro).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nn.config import CIMConfig, CIMConfigError
+from nn.engine import adc_tables, cim_matmul, weight_cells, weight_slices
+from nn.quant import quantize_input, quantize_weight
+
+
+class _CIMMixin:
+    """Shared state and engine call of CIM layers (weight is [out, in_features_unrolled])."""
+
+    cim_config: CIMConfig
+    adc_shift: torch.Tensor
+    weight: torch.Tensor
+
+    def _init_cim(self, cim_config: CIMConfig | None, k: int, n: int) -> None:
+        self.cim_config = cim_config or CIMConfig()
+        cfg = self.cim_config
+        self._k, self._n = k, n
+        self.adc_base = 0
+        self.noise_seed: int | None = None
+        self._generator: torch.Generator | None = None
+        tiles = math.ceil(k / cfg.array.rows)
+        slices = weight_slices(cfg.quant.weight_bits, cfg.array.cell_bits)
+        # Per-chip static threshold shifts (partial-sum units), one per physical ADC threshold: a buffer,
+        # so it travels with state_dict() and .to(); loading another chip changes only this.
+        self.register_buffer(  # type: ignore[attr-defined]
+            "adc_shift", torch.zeros(tiles, slices, 2, n, cfg.adc.n_thresholds))
+        self.has_offsets = False
+
+    def adc_map(self) -> np.ndarray:
+        """Flat physical ADC index [T, S, 2, N] of every column of this layer."""
+        t, s, p, n, _ = self.adc_shift.shape
+        a = self.cim_config.array
+        col = np.arange(s * p * n).reshape(s, p, n)
+        per_tile = math.ceil(s * p * n / a.columns_per_adc)
+        flat = self.adc_base + np.arange(t)[:, None, None, None] * per_tile + (col // a.columns_per_adc)[None]
+        return flat % (a.n_macros * a.adcs_per_macro)
+
+    def n_adcs(self) -> int:
+        """Logical ADCs this layer uses (before wrapping onto the die)."""
+        t, s, p, n, _ = self.adc_shift.shape
+        return t * math.ceil(s * p * n / self.cim_config.array.columns_per_adc)
+
+    def load_adc_offsets(self, shifts_lsb: np.ndarray | torch.Tensor) -> None:
+        """Load a chip: ``shifts_lsb`` [n_macros, adcs_per_macro, n_thresholds] in ADC LSB units.
+
+        One LSB is one level step of this layer's ADC, so a threshold j moves by shift * step partial sums.
+        """
+        a = self.cim_config.array
+        arr = torch.as_tensor(np.asarray(shifts_lsb), dtype=self.adc_shift.dtype)
+        want = (a.n_macros, a.adcs_per_macro, self.cim_config.adc.n_thresholds)
+        if tuple(arr.shape) != want:
+            raise CIMConfigError(f"offset table geometry {tuple(arr.shape)} does not match the mapping {want} "
+                                 "(n_macros, adcs_per_macro, n_thresholds)")
+        _, _, step = adc_tables(self.cim_config.adc, a, "cpu", torch.float64)
+        flat = arr.reshape(-1, want[2]) * step
+        idx = torch.as_tensor(self.adc_map().reshape(-1))
+        self.adc_shift.copy_(flat[idx].reshape(self.adc_shift.shape))
+        self.has_offsets = True
+
+    def clear_adc_offsets(self) -> None:
+        self.adc_shift.zero_()
+        self.has_offsets = False
+
+    def set_noise_seed(self, seed: int | None) -> None:
+        """Seed the per-inference noise stream (None: torch's global RNG)."""
+        self.noise_seed = seed
+        self._generator = None
+
+    def _gen(self, device: torch.device) -> torch.Generator | None:
+        if self.noise_seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.noise_seed)
+        return self._generator
+
+    def integer_forward(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y_cim, y_ideal, scale): integer-domain CIM and digital outputs [B, N] and the output scale."""
+        q = self.cim_config.quant
+        x_int, sx = quantize_input(x2d, q.input_bits, q.input_max)
+        w_int, sw = quantize_weight(self.weight.reshape(self._n, self._k), q.weight_bits)
+        cells = weight_cells(w_int.detach(), q.weight_bits, self.cim_config.array.cell_bits)
+        shift = self.adc_shift if self.has_offsets else None
+        with torch.no_grad():
+            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config.adc, self.cim_config.array, q.input_bits,
+                               shift, self._gen(x2d.device))
+        y_ideal = x_int @ w_int.t()
+        return y_cim, y_ideal, sx * sw
+
+    def _cim_out(self, x2d: torch.Tensor) -> torch.Tensor:
+        if x2d.shape[-1] != self._k:
+            raise CIMConfigError(f"{type(self).__name__}: input has {x2d.shape[-1]} features, expected {self._k}")
+        y_cim, y_ideal, scale = self.integer_forward(x2d)
+        return (y_ideal + (y_cim - y_ideal).detach()) * scale
+
+
+class CIMLinear(_CIMMixin, torch.nn.Linear):
+    """``torch.nn.Linear`` computed on CIM crossbars."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 cim_config: CIMConfig | None = None) -> None:
+        torch.nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
+        self._init_cim(cim_config, in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._cim_out(x.reshape(-1, x.shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    @classmethod
+    def from_float(cls, m: torch.nn.Linear, cim_config: CIMConfig | None = None) -> CIMLinear:
+        out = cls(m.in_features, m.out_features, m.bias is not None, m.weight.device, m.weight.dtype, cim_config)
+        out.load_state_dict(m.state_dict(), strict=False)
+        return out
+
+    def to_float(self) -> torch.nn.Linear:
+        m = torch.nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                            self.weight.device, self.weight.dtype)
+        m.load_state_dict({k: v for k, v in self.state_dict().items() if k != "adc_shift"})
+        return m
+
+
+class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` (zero padding, groups=1) computed on CIM crossbars via im2col."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: Any = "zeros", device=None, dtype=None,
+                 cim_config: CIMConfig | None = None) -> None:
+        torch.nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                 bias, padding_mode, device, dtype)
+        if groups != 1 or padding_mode != "zeros" or isinstance(self.padding, str):
+            raise CIMConfigError("CIMConv2d supports groups=1, padding_mode='zeros' and numeric padding")
+        kh, kw = self.kernel_size
+        self._init_cim(cim_config, in_channels * kh * kw, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise CIMConfigError(f"CIMConv2d expects [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        pad = cast(tuple[int, int], self.padding)
+        cols = F.unfold(x, self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
+        kh, kw = self.kernel_size
+        ho = (h + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        y = self._cim_out(cols.transpose(1, 2).reshape(-1, self._k)).reshape(b, ho * wo, self.out_channels)
+        y = y.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+    @classmethod
+    def from_float(cls, m: torch.nn.Conv2d, cim_config: CIMConfig | None = None) -> CIMConv2d:
+        k: Any = m.kernel_size
+        out = cls(m.in_channels, m.out_channels, k, stride=cast(Any, m.stride), padding=cast(Any, m.padding),
+                  dilation=cast(Any, m.dilation), groups=m.groups, bias=m.bias is not None,
+                  padding_mode=m.padding_mode, device=m.weight.device, dtype=m.weight.dtype, cim_config=cim_config)
+        out.load_state_dict(m.state_dict(), strict=False)
+        return out
+
+    def to_float(self) -> torch.nn.Conv2d:
+        k: Any = self.kernel_size
+        m = torch.nn.Conv2d(self.in_channels, self.out_channels, k, stride=cast(Any, self.stride),
+                            padding=cast(Any, self.padding), dilation=cast(Any, self.dilation), groups=self.groups,
+                            bias=self.bias is not None, padding_mode=self.padding_mode,
+                            device=self.weight.device, dtype=self.weight.dtype)
+        m.load_state_dict({k: v for k, v in self.state_dict().items() if k != "adc_shift"})
+        return m
