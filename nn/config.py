@@ -105,6 +105,9 @@ class QuantConfig:
     """Unsigned activation bits, applied bit-serially (one bit-plane per cycle)."""
     input_max: float = 1.0
     """Activation value mapped to the largest input code (inputs are clipped to [0, input_max])."""
+    input_signed: bool = False
+    """Two's-complement inputs in [-2^(b-1), 2^(b-1)-1] (for CELU and other signed activations); the
+    bit-serial MSB plane then carries weight -2^(b-1). Inputs clip to [-input_max, input_max]."""
 
     def __post_init__(self) -> None:
         _positive_int("weight_bits", self.weight_bits)

@@ -91,6 +91,7 @@ def cim_matmul(
     input_bits: int,
     shift: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    signed: bool = False,
 ) -> torch.Tensor:
     """y[B, N] = sum over bit-planes, tiles, slices, polarities of the ADC readings, shifted and added.
 
@@ -99,6 +100,7 @@ def cim_matmul(
         cells: weight cells [S, 2, K, N] from :func:`weight_cells`.
         shift: per-physical-ADC threshold shifts [T, S, 2, N, n_thr] in partial-sum units, or None.
         generator: RNG of the per-inference noise (used only when ``adc.noise_sigma > 0``).
+        signed: inputs are two's complement; the MSB bit-plane is weighted -2^(input_bits-1).
     """
     n_slices, _, k, n = cells.shape
     rows = array.rows
@@ -114,6 +116,8 @@ def cim_matmul(
     sig = torch.tensor([1.0, -1.0], device=x_int.device, dtype=x_int.dtype)
     slice_w = (2.0 ** (array.cell_bits * torch.arange(n_slices, device=x_int.device))).to(x_int.dtype)
     combine = (slice_w[:, None] * sig[None, :]).reshape(1, 1, n_slices, 2, 1)
+    if signed:
+        x_int = torch.remainder(x_int, 2**input_bits)  # two's-complement bit pattern
     xt = x_int.reshape(b, tiles, rows).transpose(0, 1)  # [T, B, R]
     out = torch.zeros(b, n, device=x_int.device, dtype=x_int.dtype)
     for bit in range(input_bits):
@@ -124,5 +128,6 @@ def cim_matmul(
             psum = psum + adc.noise_sigma * noise
         s = None if shift is None else shift.unsqueeze(1)  # [T, 1, S, 2, N, n_thr]
         reading = adc_read(psum, adc, thr, lev, step, s)
-        out += (2.0**bit) * (reading * combine).sum(dim=(0, 2, 3))
+        weight = -(2.0**bit) if signed and bit == input_bits - 1 else 2.0**bit
+        out += weight * (reading * combine).sum(dim=(0, 2, 3))
     return out

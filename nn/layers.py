@@ -99,13 +99,13 @@ class _CIMMixin:
     def integer_forward(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(y_cim, y_ideal, scale): integer-domain CIM and digital outputs [B, N] and the output scale."""
         q = self.cim_config.quant
-        x_int, sx = quantize_input(x2d, q.input_bits, q.input_max)
+        x_int, sx = quantize_input(x2d, q.input_bits, q.input_max, q.input_signed)
         w_int, sw = quantize_weight(self.weight.reshape(self._n, self._k), q.weight_bits)
         cells = weight_cells(w_int.detach(), q.weight_bits, self.cim_config.array.cell_bits)
         shift = self.adc_shift if self.has_offsets else None
         with torch.no_grad():
             y_cim = cim_matmul(x_int.detach(), cells, self.cim_config.adc, self.cim_config.array, q.input_bits,
-                               shift, self._gen(x2d.device))
+                               shift, self._gen(x2d.device), q.input_signed)
         y_ideal = x_int @ w_int.t()
         return y_cim, y_ideal, sx * sw
 

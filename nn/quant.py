@@ -52,7 +52,16 @@ def _sign_ste(w: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(w)
 
 
-def quantize_input(x: torch.Tensor, bits: int, input_max: float) -> tuple[torch.Tensor, float]:
-    """Unsigned integer activations in [0, 2^bits - 1] and their scale; STE gradient inside the range."""
-    scale = input_max / (2**bits - 1)
-    return RoundClampSTE.apply(x, torch.tensor(scale, dtype=x.dtype, device=x.device), 0, 2**bits - 1), scale
+def quantize_input(
+    x: torch.Tensor, bits: int, input_max: float, signed: bool = False
+) -> tuple[torch.Tensor, float]:
+    """Integer activations (unsigned [0, 2^b - 1] or two's complement) and their scale; STE inside the range."""
+    if signed:
+        if bits < 2:
+            raise ValueError("signed inputs need at least 2 bits")
+        scale = input_max / (2 ** (bits - 1) - 1)
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        scale = input_max / (2**bits - 1)
+        lo, hi = 0, 2**bits - 1
+    return RoundClampSTE.apply(x, torch.tensor(scale, dtype=x.dtype, device=x.device), lo, hi), scale

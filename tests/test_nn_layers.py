@@ -31,6 +31,16 @@ def test_linear_equals_integer_digital_layer(wb, cb, ib):
     assert torch.allclose(layer(x), ref, rtol=0, atol=1e-9)
 
 
+def test_signed_inputs_are_exact():
+    torch.manual_seed(5)
+    cfg = CIMConfig(adc=ADCConfig(bits=6), array=ArrayConfig(rows=32),
+                    quant=QuantConfig(weight_bits=4, input_bits=6, input_signed=True))
+    layer = CIMLinear(50, 7, cim_config=cfg).double()
+    x = torch.randn(5, 50, dtype=torch.float64)
+    y_cim, y_ideal, _ = layer.integer_forward(x)
+    assert torch.equal(y_cim, y_ideal.detach()) and (quantize_input(x, 6, 1.0, True)[0] < 0).any()
+
+
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
 def test_conv_equals_integer_digital_conv(stride, padding, dilation):
     torch.manual_seed(stride + padding + dilation)
