@@ -1,0 +1,41 @@
+"""Model registry: every tiny test_* twin builds, runs as float and as CIM, and backpropagates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConfigError, QuantConfig, cim_layers, create_model, list_models
+
+TINY = [n for n in list_models() if n.startswith("test_")]
+
+
+def test_registry_has_the_seed_networks_and_twins():
+    names = set(list_models())
+    assert {"vgg8", "densenet40", "resnet18", "resnet18_celu", "vgg8_fmnist", "densenet_fmnist",
+            "resnet18_fmnist"} <= names and len(TINY) == 3
+    with pytest.raises(CIMConfigError, match="unknown model 'vgg99'"):
+        create_model("vgg99")
+
+
+def test_reference_shapes():
+    assert create_model("vgg8")(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert create_model("vgg8_fmnist")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    d40 = create_model("densenet40")
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in d40.modules()) == 39  # 36 dense + stem + 2 transitions
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_float_and_cim(name):
+    torch.manual_seed(0)
+    size = 8 if name == "test_vgg" else 12
+    x = torch.rand(2, 1, size, size)
+    cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=32),
+                    quant=QuantConfig(weight_bits=2, input_bits=4, input_max=4.0))
+    model = create_model(name, num_classes=3, cim_config=cfg)
+    assert cim_layers(model) and not any(type(m) in (torch.nn.Conv2d, torch.nn.Linear) for m in model.modules())
+    out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
