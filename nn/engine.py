@@ -68,7 +68,10 @@ def adc_read(psum: torch.Tensor, adc: ADCConfig, thr: torch.Tensor, lev: torch.T
         return code * step
     t = thr if shift is None else thr + shift
     if adc.kind == "flash" or shift is None:
-        code = (psum.unsqueeze(-1) >= t).sum(-1)
+        # one pass per threshold: memory stays one partial-sum tensor (a [..., n_thr] compare would not)
+        code = torch.zeros(psum.shape, dtype=torch.long, device=psum.device)
+        for j in range(thr.numel()):
+            code += psum >= t[..., j]
         return lev[code]
     n_thr = thr.numel()
     n_bits = int(math.log2(n_thr + 1))
