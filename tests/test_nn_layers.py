@@ -142,3 +142,20 @@ def test_float_roundtrip():
     assert torch.equal(CIMConv2d.from_float(conv).to_float().weight, conv.weight)
     with pytest.raises(CIMConfigError, match="groups=1"):
         CIMConv2d(4, 4, 3, groups=2)
+
+
+@pytest.mark.parametrize("kind", ["flash", "sar"])
+def test_lookup_table_adc_equals_threshold_path(kind):
+    """Noise-free partial sums use per-ADC lookup tables; a 1e-9 noise forces the threshold path."""
+    array = ArrayConfig(rows=32, n_macros=2, adcs_per_macro=4)
+    quant = QuantConfig(weight_bits=4, input_bits=4)
+    torch.manual_seed(0)
+    lut = CIMLinear(100, 9, cim_config=CIMConfig(adc=ADCConfig(bits=5, kind=kind), array=array, quant=quant))
+    lut.load_adc_offsets(np.random.default_rng(0).normal(0, 1.5, (2, 4, 31)))
+    direct = CIMLinear(100, 9, cim_config=CIMConfig(adc=ADCConfig(bits=5, kind=kind, noise_sigma=1e-9),
+                                                    array=array, quant=quant))
+    direct.load_state_dict(lut.state_dict())
+    direct.has_offsets = True
+    direct.set_noise_seed(0)
+    x = torch.rand(7, 100)
+    assert torch.equal(lut.integer_forward(x)[0], direct.integer_forward(x)[0])
