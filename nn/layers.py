@@ -46,7 +46,12 @@ class _CIMMixin:
         # so it travels with state_dict() and .to(); loading another chip changes only this.
         self.register_buffer(  # type: ignore[attr-defined]
             "adc_shift", torch.zeros(tiles, slices, 2, n, cfg.adc.n_thresholds))
-        self.has_offsets = False
+
+    @property
+    def has_offsets(self) -> bool:
+        """True when the loaded chip shifts any threshold (derived from the buffer, so it survives
+        ``load_state_dict``)."""
+        return bool(self.adc_shift.any())
 
     def adc_map(self) -> np.ndarray:
         """Flat physical ADC index [T, S, 2, N] of every column of this layer."""
@@ -77,11 +82,9 @@ class _CIMMixin:
         flat = arr.reshape(-1, want[2]) * step
         idx = torch.as_tensor(self.adc_map().reshape(-1))
         self.adc_shift.copy_(flat[idx].reshape(self.adc_shift.shape))
-        self.has_offsets = True
 
     def clear_adc_offsets(self) -> None:
         self.adc_shift.zero_()
-        self.has_offsets = False
 
     def set_noise_seed(self, seed: int | None) -> None:
         """Seed the per-inference noise stream (None: torch's global RNG)."""

@@ -154,8 +154,8 @@ def test_lookup_table_adc_equals_threshold_path(kind):
     lut.load_adc_offsets(np.random.default_rng(0).normal(0, 1.5, (2, 4, 31)))
     direct = CIMLinear(100, 9, cim_config=CIMConfig(adc=ADCConfig(bits=5, kind=kind, noise_sigma=1e-9),
                                                     array=array, quant=quant))
-    direct.load_state_dict(lut.state_dict())
-    direct.has_offsets = True
+    direct.load_state_dict(lut.state_dict())  # the chip travels with the state dict
+    assert direct.has_offsets
     direct.set_noise_seed(0)
     x = torch.rand(7, 100)
     assert torch.equal(lut.integer_forward(x)[0], direct.integer_forward(x)[0])
