@@ -86,6 +86,21 @@ def adc_read(psum: torch.Tensor, adc: ADCConfig, thr: torch.Tensor, lev: torch.T
     return lev[code]
 
 
+def _lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, shift: torch.Tensor | None,
+                   tiles: int, cols: int, p_max: int, dtype: torch.dtype) -> torch.Tensor:
+    """ADC output for every integer partial sum 0..p_max of every physical column: [T, C, p_max + 1]."""
+    t = thr.expand(tiles, cols, -1) if shift is None else thr + shift.reshape(tiles, cols, -1)
+    if adc.kind == "flash" or shift is None:
+        # ones count: threshold j counts from the first integer p >= t_j on, so code(p) is a cumulative
+        # histogram of those first integers (exactly the threshold loop, in O(n_thr + p_max) per column)
+        first = torch.ceil(t).clamp(0, p_max + 1).long()
+        hist = torch.zeros(tiles, cols, p_max + 2, dtype=torch.long, device=thr.device)
+        hist.scatter_add_(-1, first, torch.ones_like(first))
+        return lev[hist.cumsum(-1)[..., : p_max + 1]].to(dtype)
+    grid = torch.arange(p_max + 1, device=thr.device, dtype=dtype).expand(tiles, cols, -1)
+    return adc_read(grid, adc, thr, lev, step, shift.reshape(tiles, cols, 1, -1))
+
+
 def cim_matmul(
     x_int: torch.Tensor,
     cells: torch.Tensor,
@@ -128,9 +143,7 @@ def cim_matmul(
     if adc.noise_sigma == 0 and (shift is not None or adc.thresholds is not None) and p_max <= 4096:
         # Noise-free partial sums are integers 0..p_max: every physical ADC is a lookup table over them,
         # built once per call (n_thr passes over a [T, S*2*N, p_max+1] grid) and read with one gather.
-        grid = torch.arange(p_max + 1, device=x_int.device, dtype=x_int.dtype).expand(tiles, n_slices * 2 * n, -1)
-        s_grid = None if shift is None else shift.reshape(tiles, n_slices * 2 * n, 1, -1)
-        lut = adc_read(grid, adc, thr, lev, step, s_grid)  # [T, C, p_max + 1]
+        lut = _lookup_tables(adc, thr, lev, step, shift, tiles, n_slices * 2 * n, p_max, x_int.dtype)
     for bit in range(input_bits):
         plane = torch.remainder(torch.div(xt, 2**bit, rounding_mode="floor"), 2)
         psum = torch.bmm(plane, w).reshape(tiles, b, n_slices, 2, n)
