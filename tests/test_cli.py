@@ -69,3 +69,17 @@ def test_missing_ngspice_names_setup_script(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2, proc.stderr
     assert last.startswith("cimcosim: error: ngspice shared library not found") and "ngspice_setup.sh" in last
+
+
+@pytest.mark.spice
+def test_run_command_chains_all_stages(capsys, tmp_path):
+    """The README's main job, on a tiny sample count."""
+    run = tmp_path / "r"
+    assert main(["run", "--run-dir", str(run), "--samples", "2", "--n-chips", "2", "--workers", "2"]) == 0
+    for rel in ("characterize/pass_rate.parquet", "fit/offset_model.json", "chips/offsets.parquet",
+                "chips/validation.json"):
+        assert (run / rel).is_file(), rel
+    code, line = _err(capsys, ["chips", "--run-dir", str(run), "--n-chips", "0"])
+    assert code == 2 and "n_chips=0 must be a positive integer" in line
+    code, line = _err(capsys, ["fit", "--run-dir", str(tmp_path / "empty")])
+    assert code == 2 and "cimcosim characterize" in line
