@@ -73,8 +73,7 @@ def _run_deck(deck: str) -> dict[str, np.ndarray]:
         ng.load_circuit(deck)
         ng.run()
         plot = ng.plot(None, ng.last_plot)
-        # PySpice's vectors are views into ngspice's memory, which destroy() frees: copy before that.
-        return {name: np.array(vec._data, dtype=float, copy=True) for name, vec in plot.items()}
+        return {name: np.asarray(vec._data, dtype=float) for name, vec in plot.items()}  # PySpice copies
     except Exception as exc:  # PySpice raises bare NgSpice*Error types from stdout scraping
         raise SimulationError(f"ngspice failed: {type(exc).__name__}: {exc}") from exc
     finally:

@@ -43,7 +43,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _atomic_write_bytes(path: Path, writer: Any) -> None:
+def atomic_write(path: Path, writer: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -76,7 +76,7 @@ def write_table(df: pd.DataFrame, path: Path, schema: pa.Schema, meta: Mapping[s
     record = dict(meta)
     record.update({"rows": table.num_rows, "sha256": _table_digest(table)})
     table = table.replace_schema_metadata({META_KEY: json.dumps(record, default=str).encode()})
-    _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_table(path: Path, schema: pa.Schema, *, fix: str) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -102,7 +102,7 @@ def read_table(path: Path, schema: pa.Schema, *, fix: str) -> tuple[pd.DataFrame
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write a JSON document atomically."""
     text = json.dumps(payload, indent=2, sort_keys=True, default=str)
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def read_json(path: Path, *, fix: str) -> dict[str, Any]:

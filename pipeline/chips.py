@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from circuits.adc import flash_codes, sar_codes_from_decisions
 from pipeline import schemas
-from pipeline.artifacts import META_KEY, ArtifactError, _atomic_write_bytes, read_json, read_table, versions, write_json
+from pipeline.artifacts import META_KEY, ArtifactError, atomic_write, read_json, read_table, versions, write_json
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.fit import SIGMA
 from pipeline.offset_table import OFFSETS, OFFSETS_SCHEMA_VERSION
@@ -230,7 +230,7 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
 def _write_offsets(df: pd.DataFrame, path: Path, meta: dict[str, Any], rows_per_chip: int) -> None:
     table = pa.Table.from_pandas(df, schema=OFFSETS, preserve_index=False).replace_schema_metadata(
         {META_KEY: json.dumps(meta, default=str).encode()})
-    _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp, row_group_size=rows_per_chip))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=rows_per_chip))
 
 
 def _write_neurosim_csv(path: Path, pred: np.ndarray) -> None:
@@ -239,4 +239,4 @@ def _write_neurosim_csv(path: Path, pred: np.ndarray) -> None:
     std = np.sqrt(np.maximum(pred @ codes**2 - mean**2, 0))
     text = "ideal_code,mean_code,std_code\n" + "".join(
         f"{k},{m:.6f},{s:.6f}\n" for k, (m, s) in enumerate(zip(mean, std, strict=True)))
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -32,7 +32,7 @@ def plot_pass_rate(rates: pd.DataFrame, path: Path) -> None:
     ax2.set(xlabel="partial sum (cells on)", ylabel="bitline current at sense start (uA)",
             title="column current (nominal devices)")
     ax2.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_adc_codes(codes: pd.DataFrame, path: Path) -> None:
@@ -47,4 +47,4 @@ def plot_adc_codes(codes: pd.DataFrame, path: Path) -> None:
         ax.imshow(hist.T, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
         std = sub.assign(err=sub.code - sub.level).groupby("level").err.std().mean()
         ax.set(title=f"{adc} W/L={wl:g}: mean std {std:.2f} LSB", xlabel="ideal level", ylabel="output code")
-    _save(fig, path)
+    save_figure(fig, path)

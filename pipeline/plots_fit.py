@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.plots import _save, plt
+from pipeline.plots import plt, save_figure
 
 
 def predicted_pass_rate(df: pd.DataFrame) -> np.ndarray:
@@ -28,7 +28,7 @@ def plot_fit(table: pd.DataFrame, models: list[dict[str, Any]], out_dir: Path) -
     ax.set(xlabel="partial sum", ylabel="sense pass rate", ylim=(0, 1.02),
            title="pass rate: SPICE vs Gaussian Iref model (direct sigma)")
     ax.legend(fontsize=8)
-    _save(fig, out_dir / "pass_rate_fit.png")
+    save_figure(fig, out_dir / "pass_rate_fit.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in models:
@@ -45,7 +45,7 @@ def plot_fit(table: pd.DataFrame, models: list[dict[str, Any]], out_dir: Path) -
                     label=f"a*Iref^b, b={law['b']:.2f}, R2={law['r2']:.2f}")
     ax.set(xlabel="Iref (uA)", ylabel="sigma / Iref", title="offset sigma relative to Iref")
     ax.legend(fontsize=7)
-    _save(fig, out_dir / "sigma_vs_iref.png")
+    save_figure(fig, out_dir / "sigma_vs_iref.png")
 
 
 def plot_validation(pred: dict[str, np.ndarray], spice: pd.DataFrame, path: Path) -> None:
@@ -63,4 +63,4 @@ def plot_validation(pred: dict[str, np.ndarray], spice: pd.DataFrame, path: Path
                     label=f"SPICE {kind} W/L={wl}")
     ax.set(xlabel="ideal level", ylabel="std of output code (LSB)", title="ADC output spread: tables vs SPICE")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
