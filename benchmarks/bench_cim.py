@@ -4,7 +4,7 @@ Setup: VGG-8 (CIFAR-10 shape), batch 64, 32x32x3 input, 8-bit bit-serial inputs,
 128-row sub-arrays, 5-bit Flash ADC with per-chip offsets loaded. Work bound: the dense batched matmuls
 of the engine alone (one per input bit-plane over all tiles, slices and polarities), timed with the
 same shapes in the same run. Prints ``RESULT cim_forward_vs_work_bound=<ratio>`` last.
-Run: .venv/bin/python benchmarks/bench_cim.py [--batch 64] [--device cpu|cuda]
+Run: .venv/bin/python benchmarks/bench_cim.py [--batch 64] [--device cpu|cuda] [--chunk-elements N]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model
-from nn.engine import weight_slices
+from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, RuntimeConfig, cim_layers, create_model
+from nn.engine import chunk_rows, weight_slices
 
 
 def _time(fn, device: str, reps: int = 1) -> float:
@@ -38,11 +38,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--chunk-elements", type=int, default=RuntimeConfig().chunk_elements)
+    ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     dev = args.device
     torch.manual_seed(0)
     cfg = CIMConfig(adc=ADCConfig(bits=5, kind="flash"), array=ArrayConfig(rows=128),
-                    quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0))
+                    quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0),
+                    runtime=RuntimeConfig(chunk_elements=args.chunk_elements))
     x = torch.rand(args.batch, 3, 32, 32, device=dev)
     ref = create_model("vgg8").to(dev).eval()
     cim = create_model("vgg8", cim_config=cfg).to(dev).eval()
@@ -51,10 +54,15 @@ def main() -> None:
     for layer in cim_layers(cim):
         layer.load_adc_offsets(rng.normal(0, 0.5, (8, 16, 31)))
     print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
-          f"{torch.get_num_threads()} device {dev}")
+          f"{torch.get_num_threads()} device {dev} batch {args.batch} "
+          f"chunk_elements {args.chunk_elements}")
+    t0 = time.perf_counter()
     with torch.no_grad():
-        t_float = _time(lambda: ref(x), dev, 2)
-        t_cim = _time(lambda: cim(x), dev, 1)
+        cim(x)
+    print(f"first CIM forward {time.perf_counter() - t0:.1f} s")
+    with torch.no_grad():
+        t_float = _time(lambda: ref(x), dev, 3)
+        t_cim = _time(lambda: cim(x), dev, args.reps)
 
     # Work bound: the engine's matmuls alone, same shapes, every CIM layer.
     shapes = []
@@ -63,7 +71,7 @@ def main() -> None:
         cim(x)
     for h in hooks:
         h.remove()
-    mats = []
+    mats, chunked = [], []
     for m, shp in shapes:
         if isinstance(m, torch.nn.Conv2d):
             kh, kw = m.kernel_size
@@ -75,24 +83,50 @@ def main() -> None:
         tiles = math.ceil(m._k / 128)
         cols = weight_slices(2, 1) * 2 * m._n
         mats.append((torch.rand(tiles, rows_b, 128, device=dev), torch.rand(tiles, 128, cols, device=dev)))
+        rows_c = min(rows_b, chunk_rows(tiles, 8, cols, args.chunk_elements))
+        n_chunks = math.ceil(rows_b / rows_c)
+        chunked.append((n_chunks, torch.rand(tiles, 8 * rows_c, 129, device=dev),
+                        torch.rand(tiles, 129, cols, device=dev)))
 
-    def bound() -> None:
+    def bound() -> None:  # the issue's work bound: one batched matmul per bit-plane over all tiles
         for a, b in mats:
             for _ in range(8):
                 torch.bmm(a, b)
 
-    t_bound = _time(bound, dev, 1)
+    def bound_chunked() -> None:  # the engine's own matmuls (cache-sized chunks, + the table-index row)
+        for n_chunks, a, b in chunked:
+            for _ in range(n_chunks):
+                torch.bmm(a, b)
+
+    t_chunk = _time(bound_chunked, dev, args.reps)
+    t_bound = _time(bound, dev, args.reps)
     xg = x.clone().requires_grad_(True)
 
-    def fwd_bwd() -> None:
+    def fwd_grad() -> torch.Tensor:
         cim.zero_grad()
-        cim(xg).sum().backward()
+        return cim(xg).sum()
 
-    t_fb = _time(fwd_bwd, dev, 1)
-    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"float forward {t_float:.3f} s | CIM forward {t_cim:.2f} s | work bound (matmuls) {t_bound:.2f} s")
-    print(f"CIM/float {t_cim / t_float:.1f}x | forward+backward {t_fb:.2f} s (backward/forward "
-          f"{(t_fb - t_cim) / t_cim:.2f}) | peak RSS {rss_gib:.2f} GiB")
+    t_fg = _time(fwd_grad, dev, args.reps)  # forward with autograd recording (what training runs)
+    t_bwd = 0.0
+    for _ in range(args.reps):  # the backward call alone, after an untimed forward
+        loss = fwd_grad()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss.backward()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t_bwd += (time.perf_counter() - t0) / args.reps
+    if dev == "cuda":
+        peak = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    else:
+        peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    print(f"float forward {t_float:.3f} s | CIM forward {t_cim:.2f} s | work bound (matmuls) {t_bound:.2f} s | "
+          f"the engine's own chunked matmuls alone {t_chunk:.2f} s (CIM / those {t_cim / t_chunk:.2f}x)")
+    print(f"CIM/float {t_cim / t_float:.1f}x | forward with autograd {t_fg:.2f} s | backward {t_bwd:.2f} s "
+          f"(backward/forward {t_bwd / t_cim:.2f}) | {peak}")
+    print(f"RESULT cim_backward_vs_forward={t_bwd / t_cim:.2f}")
+    print(f"RESULT cim_forward_vs_chunked_matmuls={t_cim / t_chunk:.2f}")
     print(f"RESULT cim_forward_vs_work_bound={t_cim / t_bound:.2f}")
 
 

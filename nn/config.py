@@ -37,6 +37,11 @@ class ADCConfig:
     """'flash' (per-comparator static offsets, ones-count encoding) or 'sar' (binary search)."""
     noise_sigma: float = 0.0
     """Per-inference Gaussian noise on the partial sum, partial-sum units (seed 000's noisy readout)."""
+    noise_table: tuple[tuple[float, ...], ...] | None = None
+    """Measured-noise readout (seed 000): row i is P(output code | ideal partial sum = psum_lo + i) over
+    the scheme's codes; one row per integer partial sum of the column (see :attr:`CIMConfig.psum_range`).
+    Each inference draws a code per reading. Exclusive with ``noise_sigma`` and with per-chip offsets (a
+    measured table already contains its chip's static offsets)."""
 
     def __post_init__(self) -> None:
         _positive_int("bits", self.bits)
@@ -57,6 +62,16 @@ class ADCConfig:
                                      f"need {len(t) + 1}")
         if self.psum_max is not None and (not math.isfinite(self.psum_max) or self.psum_max <= 0):
             raise CIMConfigError(f"psum_max={self.psum_max!r} must be finite and > 0")
+        if self.noise_table is not None:
+            if self.noise_sigma > 0:
+                raise CIMConfigError("give noise_sigma or noise_table, not both")
+            n_codes = self.n_thresholds + 1
+            for i, row in enumerate(self.noise_table):
+                if len(row) != n_codes:
+                    raise CIMConfigError(f"noise_table row {i} has {len(row)} probabilities; the ADC has "
+                                         f"{n_codes} codes")
+                if any(not math.isfinite(p) or p < 0 for p in row) or abs(sum(row) - 1) > 1e-6:
+                    raise CIMConfigError(f"noise_table row {i} is not a probability distribution (>= 0, sum 1)")
 
     @staticmethod
     def scheme(name: str) -> ADCConfig:
@@ -89,10 +104,20 @@ class ArrayConfig:
     """Macros on the die (for the ADC mapping; must match the offset table's geometry)."""
     adcs_per_macro: int = 16
     """ADCs per macro (for the ADC mapping)."""
+    signed_psum: bool = False
+    """False (default): differential columns, w = w+ - w-; each polarity column is read by its own ADC
+    (non-negative partial sums, a current-sensing ADC) and subtracted digitally. True: the ADC reads
+    the signed difference of the pair (XNOR-SRAM style signed column, one ADC per pair; partial sums in
+    [-psum_max, psum_max]); needed for seed 000's Table I schemes, whose thresholds straddle 0."""
 
     def __post_init__(self) -> None:
         for name in ("rows", "cell_bits", "columns_per_adc", "n_macros", "adcs_per_macro"):
             _positive_int(name, getattr(self, name))
+
+    @property
+    def polarities(self) -> int:
+        """Physical columns (each with its own ADC) per weight slice: 2 differential, 1 signed."""
+        return 1 if self.signed_psum else 2
 
 
 @dataclass(frozen=True)
@@ -102,7 +127,10 @@ class QuantConfig:
     weight_bits: int = 2
     """Signed weight bits (1: binary +-1; b >= 2: symmetric integers in [-(2^(b-1)-1), 2^(b-1)-1])."""
     input_bits: int = 8
-    """Unsigned activation bits, applied bit-serially (one bit-plane per cycle)."""
+    """Activation bits."""
+    input_mode: str = "bit_serial"
+    """'bit_serial': one input bit-plane per cycle, each read by the ADC and shift-added; 'multilevel':
+    the whole integer drives the row at once (e.g. a DAC or pulse-width input), one ADC read per tile."""
     input_max: float = 1.0
     """Activation value mapped to the largest input code (inputs are clipped to [0, input_max])."""
     input_signed: bool = False
@@ -112,8 +140,25 @@ class QuantConfig:
     def __post_init__(self) -> None:
         _positive_int("weight_bits", self.weight_bits)
         _positive_int("input_bits", self.input_bits)
+        if self.input_mode not in ("bit_serial", "multilevel"):
+            raise CIMConfigError(f"input_mode {self.input_mode!r}: choose 'bit_serial' or 'multilevel'")
+        if self.input_signed and self.input_bits < 2:
+            raise CIMConfigError("signed inputs need input_bits >= 2")
         if not math.isfinite(self.input_max) or self.input_max <= 0:
             raise CIMConfigError(f"input_max={self.input_max!r} must be finite and > 0")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Execution settings of the engine; results are identical for every value (tested)."""
+
+    chunk_elements: int = 2**20
+    """Partial sums held at once: rows of the layer input are processed in chunks so that one chunk's
+    partial-sum tensor [tiles, bit-planes x rows, columns] has at most about this many elements. Peak
+    engine memory is then ~16 bytes x chunk_elements (partial sums, lookup index, readings) on top of
+    the layer's own input and output, independent of batch size."""
+    def __post_init__(self) -> None:
+        _positive_int("chunk_elements", self.chunk_elements)
 
 
 @dataclass(frozen=True)
@@ -126,3 +171,28 @@ class CIMConfig:
     """Sub-array size, cell bits and the ADC mapping geometry."""
     quant: QuantConfig = field(default_factory=QuantConfig)
     """Weight and activation quantization."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """How the engine runs (chunking); changes speed and memory, never results."""
+
+    def __post_init__(self) -> None:
+        q, a = self.quant, self.array
+        if q.input_mode == "multilevel" and q.input_signed and not a.signed_psum:
+            raise CIMConfigError("signed multi-level inputs make negative column currents: set "
+                                 "array.signed_psum=True or use input_mode='bit_serial'")
+        if self.adc.noise_table is not None:
+            lo, hi = self.psum_range
+            if len(self.adc.noise_table) != hi - lo + 1:
+                raise CIMConfigError(f"noise_table has {len(self.adc.noise_table)} rows; this array's partial "
+                                     f"sums take {hi - lo + 1} values ({lo}..{hi})")
+
+    @property
+    def psum_range(self) -> tuple[int, int]:
+        """(lowest, highest) integer partial sum one ADC can see: every row on at the largest cell value
+        and input level; negative only with ``array.signed_psum``."""
+        q, a = self.quant, self.array
+        if q.input_mode == "bit_serial":
+            in_max = 1
+        else:
+            in_max = 2 ** (q.input_bits - 1) if q.input_signed else 2**q.input_bits - 1
+        hi = a.rows * (2**a.cell_bits - 1) * in_max
+        return (-hi if a.signed_psum else 0), hi

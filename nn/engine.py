@@ -1,13 +1,21 @@
 """The CIM engine: integer activations x integer weights through tiled crossbars, bit-serial inputs and ADCs.
 
-Work: one dense batched matmul per input bit-plane over all row tiles and all weight-cell slices and
-polarities at once, then the elementwise ADC, then shift-and-add. The only Python loop is over input
-bit-planes (<= input_bits iterations), which also bounds peak memory to one bit-plane's partial sums.
+Work: the layer input's rows are processed in chunks (``RuntimeConfig.chunk_elements`` bounds one chunk's
+partial sums, so memory does not grow with batch x tiles x bit-planes). Per chunk, one batched matmul
+covers every input bit-plane, row tile, weight-cell slice and polarity at once; then the elementwise ADC
+and the shift-and-add over bit-planes, slices, polarities and tiles. No Python loop over tiles, kernel
+positions, channels or bit-planes.
+
+Noise-free readings go through per-physical-column lookup tables (the ADC output of every possible integer
+partial sum, with the chip's shifted thresholds and the column's digital weight folded in); the matmul
+itself computes the flat table index, through one extra constant input row whose weight is the column's
+table offset. Noisy readings compare against the (shifted) thresholds directly.
 
 Signed weights use differential columns: w = w+ - w-, each non-negative and sliced into cells of
-``cell_bits``; positive and negative columns are read by their own ADCs and subtracted digitally. This
-keeps every partial sum non-negative (what a current-sensing ADC reads) and makes a zero weight two off
-cells, at the cost of twice the columns; an offset-binary scheme would need a reference column per tile.
+``cell_bits``; by default the positive and negative columns are read by their own ADCs and subtracted
+digitally (every partial sum non-negative, as a current-sensing ADC reads it; a zero weight is two off
+cells; twice the columns). An offset-binary scheme would need a reference column per tile and a
+subtraction before the ADC. With ``ArrayConfig.signed_psum`` the ADC reads the pair's difference instead.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ import math
 
 import torch
 
-from nn.config import ADCConfig, ArrayConfig, CIMConfigError
+from nn.adc import adc_read, adc_tables, lookup_tables, noise_table_cdf, sample_codes
+from nn.config import CIMConfig
+
+_LUT_MAX_ELEMENTS = 2**26  # table entries per layer (256 MiB in float32)
+_FLOAT32_EXACT = 2**24  # table indices are computed by the matmul; float32 holds integers below 2^24 exactly
 
 
 def weight_slices(weight_bits: int, cell_bits: int) -> int:
@@ -34,128 +46,130 @@ def weight_cells(w_int: torch.Tensor, weight_bits: int, cell_bits: int) -> torch
     return torch.stack(cells).transpose(-1, -2).contiguous()  # [S, 2, K, N]
 
 
-def psum_max(array: ArrayConfig) -> float:
-    """Largest partial sum a column can produce: every row on with the largest cell value."""
-    return float(array.rows * (2**array.cell_bits - 1))
+def _chunk_forward(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor,
+                   lut: torch.Tensor | None, thr: torch.Tensor, lev: torch.Tensor, shift: torch.Tensor | None,
+                   noise: torch.Tensor | None, adc_cfg, step: float) -> torch.Tensor:
+    """Output [m, C] of one chunk of input rows ``xt`` [T, m, R] (integer-valued floats).
 
-
-def adc_tables(adc: ADCConfig, array: ArrayConfig, device, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(thresholds, levels, step) in partial-sum units; step converts table offsets (LSB) to partial sums."""
-    if adc.thresholds is not None and adc.levels is not None:
-        thr = torch.tensor(adc.thresholds, device=device, dtype=dtype)
-        lev = torch.tensor(adc.levels, device=device, dtype=dtype)
-        step = float(torch.diff(lev).abs().min()) if len(lev) > 1 else 1.0
-        return thr, lev, step
-    if adc.psum_max is not None:
-        step = adc.psum_max / (2**adc.bits - 1)
-    else:  # integer step >= 1: lossless whenever 2^bits - 1 covers the largest partial sum
-        step = float(max(1, math.ceil(psum_max(array) / (2**adc.bits - 1))))
-    codes = torch.arange(2**adc.bits, device=device, dtype=dtype)
-    return (codes[:-1] + 0.5) * step, codes * step, step
-
-
-def adc_read(psum: torch.Tensor, adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float,
-             shift: torch.Tensor | None) -> torch.Tensor:
-    """ADC output value for every partial sum.
-
-    ``shift`` (broadcastable to psum.shape + [n_thresholds]) moves each threshold, partial-sum units.
-    Uniform without shifts: closed form. Flash: code = number of thresholds at or below the partial sum
-    (ones count, bubble-tolerant like the SPICE Flash). SAR: binary search over the thresholds.
+    ``w`` [T, R (+1), C] weight cells (plus the table-offset row when ``lut`` [T * C * n_p] is given);
+    ``bit_w`` [P] the digital weight of each input plane (P = 1 for multi-level inputs); ``col_w`` [C]
+    each column's digital weight (slice significance x polarity sign), already folded into ``lut``.
     """
-    uniform = adc.thresholds is None
-    if shift is None and uniform:
-        code = torch.clamp(torch.floor(psum / step + 0.5), 0, len(lev) - 1)
-        return code * step
-    t = thr if shift is None else thr + shift
-    if adc.kind == "flash" or shift is None:
-        # one pass per threshold: memory stays one partial-sum tensor (a [..., n_thr] compare would not)
-        code = torch.zeros(psum.shape, dtype=torch.long, device=psum.device)
-        for j in range(thr.numel()):
-            code += psum >= t[..., j]
-        return lev[code]
-    n_thr = thr.numel()
-    n_bits = int(math.log2(n_thr + 1))
-    if 2**n_bits - 1 != n_thr:
-        raise CIMConfigError(f"a SAR ADC needs 2^k - 1 thresholds, this scheme has {n_thr}")
-    t = t.expand(*psum.shape, n_thr)
-    code = torch.zeros_like(psum, dtype=torch.long)
-    for bit in reversed(range(n_bits)):
-        trial = code | (1 << bit)
-        above = psum >= torch.gather(t, -1, (trial - 1).unsqueeze(-1)).squeeze(-1)
-        code = torch.where(above, trial, code)
-    return lev[code]
+    psum = torch.bmm(_planes(xt, bit_w.shape[0], lut is not None), w)  # [T, P * m, C]
+    if lut is not None:
+        return _lut_readout(psum, lut, bit_w)
+    if noise is not None:
+        psum = psum + noise
+    s = None if shift is None else shift.unsqueeze(1)  # [T, 1, C, n_thr]
+    return _shift_add(adc_read(psum, adc_cfg, thr, lev, step, s) * col_w, bit_w)
 
 
-def _lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, shift: torch.Tensor | None,
-                   tiles: int, cols: int, p_max: int, dtype: torch.dtype) -> torch.Tensor:
-    """ADC output for every integer partial sum 0..p_max of every physical column: [T, C, p_max + 1]."""
-    t = thr.expand(tiles, cols, -1) if shift is None else thr + shift.reshape(tiles, cols, -1)
-    if adc.kind == "flash" or shift is None:
-        # ones count: threshold j counts from the first integer p >= t_j on, so code(p) is a cumulative
-        # histogram of those first integers (exactly the threshold loop, in O(n_thr + p_max) per column)
-        first = torch.ceil(t).clamp(0, p_max + 1).long()
-        hist = torch.zeros(tiles, cols, p_max + 2, dtype=torch.long, device=thr.device)
-        hist.scatter_add_(-1, first, torch.ones_like(first))
-        return lev[hist.cumsum(-1)[..., : p_max + 1]].to(dtype)
-    grid = torch.arange(p_max + 1, device=thr.device, dtype=dtype).expand(tiles, cols, -1)
-    return adc_read(grid, adc, thr, lev, step, shift.reshape(tiles, cols, 1, -1))
+def _lut_readout(psum: torch.Tensor, lut: torch.Tensor, bit_w: torch.Tensor) -> torch.Tensor:
+    """Noise-free readout: ``psum`` [T, P * m, C] already holds each reading's table index, into the
+    flat table ``lut`` [T * C * n_p] or, for very large layers, into its tile's row of ``lut`` [T, C * n_p]."""
+    if lut.dim() == 1:
+        return _shift_add(lut.take(psum.long()), bit_w)
+    return _shift_add(torch.gather(lut.unsqueeze(1).expand(-1, psum.shape[1], -1), -1, psum.long()), bit_w)
 
 
-def cim_matmul(
-    x_int: torch.Tensor,
-    cells: torch.Tensor,
-    adc: ADCConfig,
-    array: ArrayConfig,
-    input_bits: int,
-    shift: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    signed: bool = False,
-) -> torch.Tensor:
+def _planes(xt: torch.Tensor, n_planes: int, index_row: bool) -> torch.Tensor:
+    """Matmul input [T, P * m, R (+1)]: the input bit-planes stacked along the rows (P = 1: the levels
+    themselves), plus the constant table-index row. Bits are cut with integer shifts (one pass)."""
+    tiles, m, rows = xt.shape
+    buf = xt.new_empty(tiles, n_planes, m, rows + int(index_row))
+    if n_planes > 1:
+        xi = xt.to(torch.uint8 if n_planes <= 8 else torch.int64)
+        sh = torch.arange(n_planes, device=xt.device, dtype=xi.dtype).view(1, n_planes, 1, 1)
+        buf[..., :rows] = (xi.unsqueeze(1) >> sh) & 1
+    else:
+        buf[..., :rows] = xt.unsqueeze(1)
+    if index_row:
+        buf[..., rows] = 1
+    return buf.view(tiles, n_planes * m, -1)
+
+
+def _shift_add(reading: torch.Tensor, bit_w: torch.Tensor) -> torch.Tensor:
+    """Sum of weighted readings [T, P * m, C] over tiles and bit-planes: [m, C]."""
+    tiles, pm, cols = reading.shape
+    n_planes = bit_w.shape[0]
+    per_plane = reading.view(tiles, n_planes, pm // n_planes, cols).sum(0)  # [P, m, C]
+    return (per_plane * bit_w.view(n_planes, 1, 1)).sum(0)
+
+
+def chunk_rows(tiles: int, n_planes: int, cols: int, chunk_elements: int) -> int:
+    """Input rows per chunk so that one chunk's partial sums hold about ``chunk_elements`` values."""
+    return max(1, chunk_elements // (tiles * n_planes * cols))
+
+
+def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """y[B, N] = sum over bit-planes, tiles, slices, polarities of the ADC readings, shifted and added.
 
     Args:
-        x_int: unsigned integer activations [B, K] (float dtype).
+        x_int: integer activations [B, K] (float dtype; two's complement when ``quant.input_signed``).
         cells: weight cells [S, 2, K, N] from :func:`weight_cells`.
-        shift: per-physical-ADC threshold shifts [T, S, 2, N, n_thr] in partial-sum units, or None.
-        generator: RNG of the per-inference noise (used only when ``adc.noise_sigma > 0``).
-        signed: inputs are two's complement; the MSB bit-plane is weighted -2^(input_bits-1).
+        cfg: the layer's configuration.
+        shift: per-physical-ADC threshold shifts [T, S, P, N, n_thr] in partial-sum units, or None.
+        generator: RNG of the per-inference noise (used only when the ADC is noisy).
     """
+    adc, array, quant = cfg.adc, cfg.array, cfg.quant
     n_slices, _, k, n = cells.shape
-    rows = array.rows
+    rows, dev, dt = array.rows, x_int.device, x_int.dtype
     tiles = math.ceil(k / rows)
     pad = tiles * rows - k
     if pad:
         x_int = torch.nn.functional.pad(x_int, (0, pad))
         cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
-    b = x_int.shape[0]
-    # [T, R, S*2*N]: every tile's rows against every slice/polarity/column at once
-    w = cells.reshape(n_slices * 2, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, n_slices * 2 * n)
-    thr, lev, step = adc_tables(adc, array, x_int.device, x_int.dtype)
-    sig = torch.tensor([1.0, -1.0], device=x_int.device, dtype=x_int.dtype)
-    slice_w = (2.0 ** (array.cell_bits * torch.arange(n_slices, device=x_int.device))).to(x_int.dtype)
-    combine = (slice_w[:, None] * sig[None, :]).reshape(1, 1, n_slices, 2, 1)
-    if signed:
-        x_int = torch.remainder(x_int, 2**input_bits)  # two's-complement bit pattern
-    xt = x_int.reshape(b, tiles, rows).transpose(0, 1)  # [T, B, R]
-    out = torch.zeros(b, n, device=x_int.device, dtype=x_int.dtype)
+    if array.signed_psum:
+        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)  # [S, 1, K, N]: the pair's difference
+    n_pol = cells.shape[1]
+    cols = n_slices * n_pol * n
+    # [T, R, C]: every tile's rows against every slice/polarity/column at once
+    w = cells.reshape(n_slices * n_pol, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols).to(dt)
+    lo, hi = cfg.psum_range
+    n_p = hi - lo + 1
+    thr, lev, step = adc_tables(adc, lo, hi, dev, dt)
+    slice_w = 2.0 ** (array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
+    sign = torch.tensor([1.0, -1.0][:n_pol], device=dev, dtype=dt)
+    col_w = (slice_w[:, None, None] * sign[None, :, None]).expand(n_slices, n_pol, n).reshape(cols)
+    if quant.input_mode == "bit_serial":
+        bit_w = 2.0 ** torch.arange(quant.input_bits, device=dev, dtype=dt)
+        if quant.input_signed:
+            x_int = torch.remainder(x_int, 2**quant.input_bits)  # two's-complement bit pattern
+            bit_w[-1] = -bit_w[-1]
+    else:
+        bit_w = torch.ones(1, device=dev, dtype=dt)
+    flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = None
-    p_max = int(psum_max(array))
-    if adc.noise_sigma == 0 and (shift is not None or adc.thresholds is not None) and p_max <= 4096:
-        # Noise-free partial sums are integers 0..p_max: every physical ADC is a lookup table over them,
-        # built once per call (n_thr passes over a [T, S*2*N, p_max+1] grid) and read with one gather.
-        lut = _lookup_tables(adc, thr, lev, step, shift, tiles, n_slices * 2 * n, p_max, x_int.dtype)
-    for bit in range(input_bits):
-        plane = torch.remainder(torch.div(xt, 2**bit, rounding_mode="floor"), 2)
-        psum = torch.bmm(plane, w).reshape(tiles, b, n_slices, 2, n)
+    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
+    if not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and (cols * n_p < _FLOAT32_EXACT or dt != torch.float32):
+        table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).to(dt) * col_w[:, None]
+        flat = tiles * cols * n_p < _FLOAT32_EXACT or dt != torch.float32
+        lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
+        tile_base = torch.arange(tiles, device=dev, dtype=dt)[:, None] * (cols * n_p if flat else 0)
+        offset = (tile_base + torch.arange(cols, device=dev, dtype=dt) * n_p - lo).view(tiles, 1, cols)
+        w = torch.cat([w, offset], 1)  # the constant input row turns each partial sum into its table index
+    cdf = noise_table_cdf(adc, dev, dt) if adc.noise_table is not None else None
+    b = x_int.shape[0]
+    n_planes = bit_w.numel()
+    m = min(b, chunk_rows(tiles, n_planes, cols, cfg.runtime.chunk_elements))
+    out = torch.empty(b, n, device=dev, dtype=dt)
+    for start in range(0, b, m):
+        xt = x_int[start:start + m].reshape(-1, tiles, rows).transpose(0, 1)  # [T, m, R]
+        noise = None
         if adc.noise_sigma > 0:
-            noise = torch.randn(psum.shape, generator=generator, device=psum.device, dtype=psum.dtype)
-            psum = psum + adc.noise_sigma * noise
-        if lut is not None:
-            idx = psum.reshape(tiles, b, -1, 1).long()
-            reading = torch.gather(lut.unsqueeze(1).expand(tiles, b, -1, -1), -1, idx).reshape(psum.shape)
+            noise = adc.noise_sigma * torch.randn(tiles, n_planes * xt.shape[1], cols, generator=generator,
+                                                  device=dev, dtype=dt)
+        if cdf is not None:
+            y = _table_chunk(xt, w, bit_w, col_w, cdf, lev, lo, generator)
         else:
-            s = None if shift is None else shift.unsqueeze(1)  # [T, 1, S, 2, N, n_thr]
-            reading = adc_read(psum, adc, thr, lev, step, s)
-        weight = -(2.0**bit) if signed and bit == input_bits - 1 else 2.0**bit
-        out += weight * (reading * combine).sum(dim=(0, 2, 3))
+            y = _chunk_forward(xt, w, bit_w, col_w, lut, thr, lev, flat_shift, noise, adc, step)
+        out[start:start + m] = y.reshape(-1, n_slices * n_pol, n).sum(1)
     return out
+
+
+def _table_chunk(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor, cdf: torch.Tensor,
+                 lev: torch.Tensor, lo: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Measured-noise readout of one chunk: every reading is a code drawn from P(code | ideal psum)."""
+    psum = torch.bmm(_planes(xt, bit_w.shape[0], False), w)
+    return _shift_add(lev[sample_codes(psum, cdf, lo, generator)] * col_w, bit_w)

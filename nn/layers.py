@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nn.adc import adc_tables
 from nn.config import CIMConfig, CIMConfigError
-from nn.engine import adc_tables, cim_matmul, weight_cells, weight_slices
+from nn.engine import cim_matmul, weight_cells, weight_slices
 from nn.quant import quantize_input, quantize_weight
 
 
@@ -45,7 +46,7 @@ class _CIMMixin:
         # Per-chip static threshold shifts (partial-sum units), one per physical ADC threshold: a buffer,
         # so it travels with state_dict() and .to(); loading another chip changes only this.
         self.register_buffer(  # type: ignore[attr-defined]
-            "adc_shift", torch.zeros(tiles, slices, 2, n, cfg.adc.n_thresholds))
+            "adc_shift", torch.zeros(tiles, slices, cfg.array.polarities, n, cfg.adc.n_thresholds))
 
     @property
     def has_offsets(self) -> bool:
@@ -78,7 +79,10 @@ class _CIMMixin:
         if tuple(arr.shape) != want:
             raise CIMConfigError(f"offset table geometry {tuple(arr.shape)} does not match the mapping {want} "
                                  "(n_macros, adcs_per_macro, n_thresholds)")
-        _, _, step = adc_tables(self.cim_config.adc, a, "cpu", torch.float64)
+        if self.cim_config.adc.noise_table is not None:
+            raise CIMConfigError("this layer reads through a measured noise table, which already holds its chip's "
+                                 "offsets; use a threshold ADC (noise_table=None) to load an offset table")
+        _, _, step = adc_tables(self.cim_config.adc, *self.cim_config.psum_range, "cpu", torch.float64)
         flat = arr.reshape(-1, want[2]) * step
         idx = torch.as_tensor(self.adc_map().reshape(-1))
         self.adc_shift.copy_(flat[idx].reshape(self.adc_shift.shape))
@@ -107,8 +111,7 @@ class _CIMMixin:
         cells = weight_cells(w_int.detach(), q.weight_bits, self.cim_config.array.cell_bits)
         shift = self.adc_shift if self.has_offsets else None
         with torch.no_grad():
-            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config.adc, self.cim_config.array, q.input_bits,
-                               shift, self._gen(x2d.device), q.input_signed)
+            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config, shift, self._gen(x2d.device))
         y_ideal = x_int @ w_int.t()
         return y_cim, y_ideal, sx * sw
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConfigError, CIMConv2d, CIMLinear, QuantConfig
-from nn.engine import adc_read, adc_tables
+from nn.adc import adc_read, adc_tables
 from nn.quant import quantize_input, quantize_weight
 
 
@@ -55,7 +55,7 @@ def test_conv_equals_integer_digital_conv(stride, padding, dilation):
 
 def test_shifted_comparator_changes_exactly_its_band():
     adc = ADCConfig(bits=4, psum_max=15)
-    thr, lev, step = adc_tables(adc, ArrayConfig(), "cpu", torch.float64)
+    thr, lev, step = adc_tables(adc, 0, 128, "cpu", torch.float64)
     psum = torch.linspace(-1, 17, 20001, dtype=torch.float64)
     shift = torch.zeros(15, dtype=torch.float64)
     j, delta = 6, 0.3
@@ -69,7 +69,7 @@ def test_shifted_comparator_changes_exactly_its_band():
 
 def test_sar_shift_moves_all_thresholds_together():
     adc = ADCConfig(bits=5, psum_max=31, kind="sar")
-    thr, lev, step = adc_tables(adc, ArrayConfig(), "cpu", torch.float64)
+    thr, lev, step = adc_tables(adc, 0, 128, "cpu", torch.float64)
     psum = torch.linspace(0, 31, 3001, dtype=torch.float64)
     shift = torch.full((31,), -1.4, dtype=torch.float64)  # one SA, every reference moved down
     got = adc_read(psum, adc, thr, lev, step, shift)
@@ -78,7 +78,7 @@ def test_sar_shift_moves_all_thresholds_together():
 
 def test_table_one_schemes_and_bad_schemes():
     s = ADCConfig.scheme("2bit")
-    thr, lev, step = adc_tables(s, ArrayConfig(), "cpu", torch.float64)
+    thr, lev, step = adc_tables(s, -128, 128, "cpu", torch.float64)
     out = adc_read(torch.tensor([-30.0, -5.0, 5.0, 100.0], dtype=torch.float64), s, thr, lev, step, None)
     assert out.tolist() == [-36.0, -12.0, 12.0, 36.0]
     assert ADCConfig.scheme("3.5bit").n_thresholds == 10

@@ -1,0 +1,100 @@
+"""ADC models in partial-sum units: thresholds/levels, threshold readout, per-column lookup tables, noise tables.
+
+Order of one reading, written down once: ideal integer partial sum -> per-inference noise (Gaussian
+``noise_sigma``, or a draw from the measured table P(code | ideal partial sum)) -> comparison with the
+thresholds, each moved by the chip's static shift -> output level of the code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nn.config import ADCConfig, CIMConfigError
+
+
+def adc_tables(adc: ADCConfig, psum_lo: int, psum_hi: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(thresholds, levels, step) in partial-sum units; step converts table offsets (LSB) to partial sums.
+
+    Uniform unsigned (``psum_lo == 0``): levels 0, step, ..., (2^bits - 1) step. Uniform signed: levels
+    k * step for k = -2^(bits-1) .. 2^(bits-1) - 1 (two's-complement codes). Without ``adc.psum_max`` the
+    step is the smallest integer >= 1 whose levels cover ``psum_hi``, so an ADC with enough bits reads
+    every partial sum exactly. Thresholds lie halfway between levels.
+    """
+    if adc.thresholds is not None and adc.levels is not None:
+        thr = torch.tensor(adc.thresholds, device=device, dtype=dtype)
+        lev = torch.tensor(adc.levels, device=device, dtype=dtype)
+        step = float(torch.diff(lev).abs().min()) if len(lev) > 1 else 1.0
+        return thr, lev, step
+    n = 2**adc.bits
+    top = n - 1 if psum_lo >= 0 else max(1, n // 2 - 1)  # largest positive code
+    step = adc.psum_max / top if adc.psum_max is not None else float(max(1, math.ceil(psum_hi / top)))
+    first = 0 if psum_lo >= 0 else -(n // 2)
+    codes = torch.arange(first, first + n, device=device, dtype=dtype)
+    return (codes[:-1] + 0.5) * step, codes * step, step
+
+
+def adc_read(psum: torch.Tensor, adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float,
+             shift: torch.Tensor | None) -> torch.Tensor:
+    """ADC output value for every partial sum.
+
+    ``shift`` (broadcastable to psum.shape + [n_thresholds]) moves each threshold, partial-sum units.
+    Uniform without shifts: closed form. Flash: code = number of thresholds at or below the partial sum
+    (ones count, bubble-tolerant like the SPICE Flash). SAR: binary search over the thresholds.
+    """
+    if shift is None and adc.thresholds is None:
+        code = torch.clamp(torch.floor((psum - lev[0]) / step + 0.5), 0, len(lev) - 1)
+        return lev[0] + code * step
+    t = thr if shift is None else thr + shift
+    if adc.kind == "flash" or shift is None:
+        # one pass per threshold: memory stays one partial-sum tensor (a [..., n_thr] compare would not)
+        code = torch.zeros(psum.shape, dtype=torch.long, device=psum.device)
+        for j in range(thr.numel()):
+            code += psum >= t[..., j]
+        return lev[code]
+    n_thr = thr.numel()
+    n_bits = int(math.log2(n_thr + 1))
+    if 2**n_bits - 1 != n_thr:
+        raise CIMConfigError(f"a SAR ADC needs 2^k - 1 thresholds, this scheme has {n_thr}")
+    t = t.expand(*psum.shape, n_thr)
+    code = torch.zeros_like(psum, dtype=torch.long)
+    for bit in reversed(range(n_bits)):
+        trial = code | (1 << bit)
+        above = psum >= torch.gather(t, -1, (trial - 1).unsqueeze(-1)).squeeze(-1)
+        code = torch.where(above, trial, code)
+    return lev[code]
+
+
+def lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, shift: torch.Tensor | None,
+                  tiles: int, cols: int, psum_lo: int, psum_hi: int) -> torch.Tensor:
+    """ADC output for every integer partial sum psum_lo..psum_hi of every physical column: [T, C, n_p]."""
+    n_p = psum_hi - psum_lo + 1
+    t = thr.expand(tiles, cols, -1) if shift is None else thr + shift.reshape(tiles, cols, -1)
+    if adc.kind == "flash" or shift is None:
+        # ones count: threshold j counts from the first integer p >= t_j on, so code(p) is a cumulative
+        # histogram of those first integers (exactly the threshold loop, in O(n_thr + n_p) per column)
+        first = torch.ceil(t - psum_lo).clamp(0, n_p).long()
+        hist = torch.zeros(tiles, cols, n_p + 1, dtype=torch.long, device=thr.device)
+        hist.scatter_add_(-1, first, torch.ones_like(first))
+        return lev[hist.cumsum(-1)[..., :n_p]]
+    grid = torch.arange(psum_lo, psum_hi + 1, device=thr.device, dtype=thr.dtype).expand(tiles, cols, -1)
+    return adc_read(grid, adc, thr, lev, step, shift.reshape(tiles, cols, 1, -1))
+
+
+def noise_table_cdf(adc: ADCConfig, device, dtype) -> torch.Tensor:
+    """Cumulative P(code <= k | ideal partial sum) [n_p, n_codes - 1] of ``adc.noise_table``."""
+    assert adc.noise_table is not None
+    p = torch.tensor(adc.noise_table, device=device, dtype=torch.float64)
+    return p.cumsum(-1)[:, :-1].to(dtype)
+
+
+def sample_codes(psum: torch.Tensor, cdf: torch.Tensor, psum_lo: int,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """A code per ideal integer partial sum, drawn from the measured table (inverse CDF, one uniform each)."""
+    u = torch.rand(psum.shape, generator=generator, device=psum.device, dtype=psum.dtype)
+    row = (psum - psum_lo).long()
+    code = torch.zeros(psum.shape, dtype=torch.long, device=psum.device)
+    for k in range(cdf.shape[1]):
+        code += u >= cdf[:, k][row]
+    return code
