@@ -34,6 +34,13 @@ def _time(fn, device: str, reps: int = 1) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def _peak_gib(device: str) -> float:
+    """Peak memory so far: CUDA allocator peak, or the process's peak resident set."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -62,7 +69,9 @@ def main() -> None:
     print(f"first CIM forward {time.perf_counter() - t0:.1f} s")
     with torch.no_grad():
         t_float = _time(lambda: ref(x), dev, 3)
+        rss_float = _peak_gib(dev)
         t_cim = _time(lambda: cim(x), dev, args.reps)
+        rss_cim = _peak_gib(dev)  # before the work-bound tensors below are allocated
 
     # Work bound: the engine's matmuls alone, same shapes, every CIM layer.
     shapes = []
@@ -117,14 +126,13 @@ def main() -> None:
         if dev == "cuda":
             torch.cuda.synchronize()
         t_bwd += (time.perf_counter() - t0) / args.reps
-    if dev == "cuda":
-        peak = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    else:
-        peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    peak = (f"peak memory {'CUDA' if dev == 'cuda' else 'RSS'}: after float forwards {rss_float:.2f} GiB, "
+            f"after CIM forwards {rss_cim:.2f} GiB, at the end (incl. work-bound tensors) {_peak_gib(dev):.2f} GiB")
     print(f"float forward {t_float:.3f} s | CIM forward {t_cim:.2f} s | work bound (matmuls) {t_bound:.2f} s | "
           f"the engine's own chunked matmuls alone {t_chunk:.2f} s (CIM / those {t_cim / t_chunk:.2f}x)")
     print(f"CIM/float {t_cim / t_float:.1f}x | forward with autograd {t_fg:.2f} s | backward {t_bwd:.2f} s "
-          f"(backward/forward {t_bwd / t_cim:.2f}) | {peak}")
+          f"(backward/forward {t_bwd / t_cim:.2f})")
+    print(peak)
     print(f"RESULT cim_backward_vs_forward={t_bwd / t_cim:.2f}")
     print(f"RESULT cim_forward_vs_chunked_matmuls={t_cim / t_chunk:.2f}")
     print(f"RESULT cim_forward_vs_work_bound={t_cim / t_bound:.2f}")

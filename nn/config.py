@@ -152,11 +152,14 @@ class QuantConfig:
 class RuntimeConfig:
     """Execution settings of the engine; results are identical for every value (tested)."""
 
-    chunk_elements: int = 2**20
+    chunk_elements: int = 2**22
     """Partial sums held at once: rows of the layer input are processed in chunks so that one chunk's
-    partial-sum tensor [tiles, bit-planes x rows, columns] has at most about this many elements. Peak
+    partial-sum tensor [tiles, bit-planes x rows, columns] has at most about this many elements (at least
+    one input row per chunk). Peak
     engine memory is then ~16 bytes x chunk_elements (partial sums, lookup index, readings) on top of
-    the layer's own input and output, independent of batch size."""
+    the layer's own input and output, independent of batch size: 64 MiB at the default (which measured
+    fastest on a 2-core CPU among 2^17..2^24; see benchmarks/RESULTS.md)."""
+
     def __post_init__(self) -> None:
         _positive_int("chunk_elements", self.chunk_elements)
 

@@ -102,7 +102,7 @@ def chunk_rows(tiles: int, n_planes: int, cols: int, chunk_elements: int) -> int
 
 
 def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, table_cache: dict | None = None) -> torch.Tensor:
     """y[B, N] = sum over bit-planes, tiles, slices, polarities of the ADC readings, shifted and added.
 
     Args:
@@ -111,6 +111,9 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
         cfg: the layer's configuration.
         shift: per-physical-ADC threshold shifts [T, S, P, N, n_thr] in partial-sum units, or None.
         generator: RNG of the per-inference noise (used only when the ADC is noisy).
+        table_cache: a dict owned by the caller (one per layer) that keeps the lookup tables between calls;
+            they depend only on the config and the shifts (not on weights or inputs), and are rebuilt when
+            ``shift`` is modified in place (its version counter), replaced, or moved.
     """
     adc, array, quant = cfg.adc, cfg.array, cfg.quant
     n_slices, _, k, n = cells.shape
@@ -143,9 +146,16 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     lut = None
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
     if not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and (cols * n_p < _FLOAT32_EXACT or dt != torch.float32):
-        table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).to(dt) * col_w[:, None]
         flat = tiles * cols * n_p < _FLOAT32_EXACT or dt != torch.float32
-        lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
+        key = (cfg, dev, dt, tiles, cols, flat,
+               None if shift is None else (shift._version, tuple(shift.shape)))
+        if table_cache is not None and table_cache.get("key") == key and table_cache.get("shift") is shift:
+            lut = table_cache["lut"]
+        else:
+            table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).to(dt) * col_w[:, None]
+            lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
+            if table_cache is not None:
+                table_cache.update(key=key, lut=lut, shift=shift)  # holding shift keeps its identity unique
         tile_base = torch.arange(tiles, device=dev, dtype=dt)[:, None] * (cols * n_p if flat else 0)
         offset = (tile_base + torch.arange(cols, device=dev, dtype=dt) * n_p - lo).view(tiles, 1, cols)
         w = torch.cat([w, offset], 1)  # the constant input row turns each partial sum into its table index

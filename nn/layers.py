@@ -41,6 +41,7 @@ class _CIMMixin:
         self.adc_base = 0
         self.noise_seed: int | None = None
         self._generator: torch.Generator | None = None
+        self._table_cache: dict = {}  # ADC lookup tables of the loaded chip (rebuilt when adc_shift changes)
         tiles = math.ceil(k / cfg.array.rows)
         slices = weight_slices(cfg.quant.weight_bits, cfg.array.cell_bits)
         # Per-chip static threshold shifts (partial-sum units), one per physical ADC threshold: a buffer,
@@ -111,7 +112,8 @@ class _CIMMixin:
         cells = weight_cells(w_int.detach(), q.weight_bits, self.cim_config.array.cell_bits)
         shift = self.adc_shift if self.has_offsets else None
         with torch.no_grad():
-            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config, shift, self._gen(x2d.device))
+            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config, shift, self._gen(x2d.device),
+                               self._table_cache)
         y_ideal = x_int @ w_int.t()
         return y_cim, y_ideal, sx * sw
 

@@ -134,3 +134,18 @@ def test_noise_table_draws_follow_the_table_and_bad_tables_are_named():
         CIMConfig(adc=ADCConfig(bits=1, noise_table=((1.0, 0.0),)), array=ArrayConfig(rows=16))
     with pytest.raises(CIMConfigError, match="not both"):
         ADCConfig(bits=1, noise_sigma=1.0, noise_table=((1.0, 0.0),))
+
+
+def test_cached_lookup_tables_follow_the_loaded_chip():
+    cfg = CIMConfig(adc=ADCConfig(bits=5), array=ARRAY, quant=QuantConfig(weight_bits=2, input_bits=4))
+    layer = _chip_layer(cfg, seed=0)
+    x = torch.rand(5, 100)
+    first = layer.integer_forward(x)[0]
+    other = np.random.default_rng(9).normal(0, 1.0, (2, 4, 31))
+    layer.load_adc_offsets(other)  # in place: the cached tables must not survive
+    fresh = CIMLinear(100, 9, cim_config=cfg)
+    fresh.load_state_dict(layer.state_dict())
+    got = layer.integer_forward(x)[0]
+    assert torch.equal(got, fresh.integer_forward(x)[0]) and not torch.equal(got, first)
+    layer.double()  # new buffer and dtype
+    assert torch.equal(layer.integer_forward(x.double())[0], got.double())
