@@ -150,7 +150,8 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Execution settings of the engine; results are identical for every value (tested)."""
+    """Execution settings of the engine. Noise-free results are identical for every value (tested); seeded
+    noise is drawn per chunk, so its draws depend on the chunk size (and the batch)."""
 
     chunk_elements: int = 2**22
     """Partial sums held at once: rows of the layer input are processed in chunks so that one chunk's
@@ -175,7 +176,7 @@ class CIMConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     """Weight and activation quantization."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    """How the engine runs (chunking); changes speed and memory, never results."""
+    """How the engine runs (chunking): speed and memory; noise-free results never change."""
 
     def __post_init__(self) -> None:
         q, a = self.quant, self.array

@@ -31,6 +31,11 @@ _LUT_MAX_ELEMENTS = 2**26  # table entries per layer (256 MiB in float32)
 _FLOAT32_EXACT = 2**24  # table indices are computed by the matmul; float32 holds integers below 2^24 exactly
 
 
+def _exact_ints(dt: torch.dtype) -> int:
+    """Integers below this are exact in ``dt`` (the matmul computes table indices in that dtype)."""
+    return 2**53 if dt == torch.float64 else _FLOAT32_EXACT if dt == torch.float32 else 0
+
+
 def weight_slices(weight_bits: int, cell_bits: int) -> int:
     """Cells per weight magnitude."""
     mag_bits = 1 if weight_bits == 1 else weight_bits - 1
@@ -145,14 +150,15 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = None
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
-    if not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and (cols * n_p < _FLOAT32_EXACT or dt != torch.float32):
-        flat = tiles * cols * n_p < _FLOAT32_EXACT or dt != torch.float32
+    exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
+    if not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact:
+        flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
         key = (cfg, dev, dt, tiles, cols, flat,
                None if shift is None else (shift._version, tuple(shift.shape)))
         if table_cache is not None and table_cache.get("key") == key and table_cache.get("shift") is shift:
             lut = table_cache["lut"]
         else:
-            table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).to(dt) * col_w[:, None]
+            table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
             lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
             if table_cache is not None:
                 table_cache.update(key=key, lut=lut, shift=shift)  # holding shift keeps its identity unique

@@ -56,7 +56,7 @@ class _CIMMixin:
         return bool(self.adc_shift.any())
 
     def adc_map(self) -> np.ndarray:
-        """Flat physical ADC index [T, S, 2, N] of every column of this layer."""
+        """Flat physical ADC index [T, S, P, N] (P = ``array.polarities``) of every column of this layer."""
         t, s, p, n, _ = self.adc_shift.shape
         a = self.cim_config.array
         col = np.arange(s * p * n).reshape(s, p, n)

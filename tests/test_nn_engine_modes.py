@@ -8,7 +8,7 @@ import torch
 
 import nn.engine as engine
 from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConfigError, CIMLinear, QuantConfig, RuntimeConfig
-from nn.adc import sample_codes
+from nn.adc import adc_read, adc_tables, sample_codes
 from nn.quant import quantize_input, quantize_weight
 
 
@@ -88,7 +88,6 @@ def test_signed_columns_read_table_one_scheme_per_tile():
 
 
 def _one_hot_table(cfg: CIMConfig) -> tuple[tuple[float, ...], ...]:
-    from nn.adc import adc_read, adc_tables
     lo, hi = cfg.psum_range
     thr, lev, step = adc_tables(cfg.adc, lo, hi, "cpu", torch.float64)
     p = torch.arange(lo, hi + 1, dtype=torch.float64)
