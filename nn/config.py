@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 class CIMConfigError(ValueError):
@@ -132,7 +133,9 @@ class QuantConfig:
     """'bit_serial': one input bit-plane per cycle, each read by the ADC and shift-added; 'multilevel':
     the whole integer drives the row at once (e.g. a DAC or pulse-width input), one ADC read per tile."""
     input_max: float = 1.0
-    """Activation value mapped to the largest input code (inputs are clipped to [0, input_max])."""
+    """Initial activation clip value alpha of every layer (inputs clip to [0, alpha]); each layer then holds
+    its own alpha as the learnable parameter ``act_max`` (PACT), which training and calibration
+    (:func:`nn.convert.calibrate_act_ranges`) set per layer."""
     input_signed: bool = False
     """Two's-complement inputs in [-2^(b-1), 2^(b-1)-1] (for CELU and other signed activations); the
     bit-serial MSB plane then carries weight -2^(b-1). Inputs clip to [-input_max, input_max]."""
@@ -177,6 +180,25 @@ class CIMConfig:
     """Weight and activation quantization."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """How the engine runs (chunking): speed and memory; noise-free results never change."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (for checkpoint headers); :meth:`from_dict` inverts it."""
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> CIMConfig:
+        """Rebuild (and validate) a config from :meth:`to_dict` output; unknown keys are an error."""
+        try:
+            adc = dict(d["adc"])
+            for key in ("thresholds", "levels"):
+                if adc.get(key) is not None:
+                    adc[key] = tuple(float(v) for v in adc[key])
+            if adc.get("noise_table") is not None:
+                adc["noise_table"] = tuple(tuple(float(p) for p in row) for row in adc["noise_table"])
+            return CIMConfig(adc=ADCConfig(**adc), array=ArrayConfig(**d["array"]), quant=QuantConfig(**d["quant"]),
+                             runtime=RuntimeConfig(**d.get("runtime", {})))
+        except (KeyError, TypeError) as exc:
+            raise CIMConfigError(f"not a CIM configuration: {exc}") from exc
 
     def __post_init__(self) -> None:
         q, a = self.quant, self.array

@@ -52,3 +52,56 @@ def load_chip(model: torch.nn.Module, table: Any, adc: str, wl_ratio: float, chi
         if layer.cim_config.adc.kind != adc:
             raise CIMConfigError(f"layer ADC kind {layer.cim_config.adc.kind!r} but the table design is {adc!r}")
         layer.load_adc_offsets(shifts)
+
+
+def set_digital(model: torch.nn.Module, digital: bool = True) -> None:
+    """Run every CIM layer as the integer digital layer (ideal, lossless ADC; no engine call) or on the chip.
+
+    The digital path equals the CIM path with a lossless ADC bit for bit (tests), at float speed: model0 is
+    trained on it, and "model1" (a chip's weights read out into a pure digital model) is evaluated on it.
+    """
+    for layer in cim_layers(model):
+        layer.digital = digital
+
+
+@torch.no_grad()
+def calibrate_act_ranges(model: torch.nn.Module, x: torch.Tensor, quantile: float = 0.9999) -> dict[str, float]:
+    """Set each CIM layer's activation clip ``act_max`` to the ``quantile`` of |its input| on batch ``x``.
+
+    Layers are calibrated in order (each sees the already-calibrated layers before it), on the digital path,
+    with normalization layers using the batch's statistics (as training will; an untrained network's
+    running statistics would shrink deep activations by orders of magnitude) and their running statistics
+    left untouched. Returns {layer name: clip}. Training then learns the clips (PACT).
+    """
+    names = {m: n for n, m in model.named_modules()}
+    layers = cim_layers(model)
+    done: set[int] = set()
+
+    def hook(mod: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+        if id(mod) in done:
+            return
+        v = inputs[0].detach().abs().flatten().float()
+        if v.numel() > 2**24:  # torch.quantile's input limit; a strided subsample keeps it deterministic
+            v = v[:: v.numel() // 2**24 + 1]
+        clip = float(torch.quantile(v, quantile)) if v.numel() else 1.0
+        mod.act_max.fill_(clip if clip > 0 else 1.0)
+        done.add(id(mod))
+
+    was_training = model.training
+    digital = [layer.digital for layer in layers]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        model.train()
+        set_digital(model, True)
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for layer, d in zip(layers, digital, strict=True):
+            layer.digital = d
+        for m, sd in zip(norms, saved, strict=True):
+            m.load_state_dict(sd)
+        model.train(was_training)
+    return {names[m]: float(m.act_max) for m in layers}

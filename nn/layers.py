@@ -15,6 +15,7 @@ divmod(f, adcs_per_macro).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -25,6 +26,8 @@ from nn.adc import adc_tables
 from nn.config import CIMConfig, CIMConfigError
 from nn.engine import cim_matmul, weight_cells, weight_slices
 from nn.quant import quantize_input, quantize_weight
+
+_CIM_STATE = ("adc_shift", "act_max")  # state a CIM layer adds to its torch twin
 
 
 class _CIMMixin:
@@ -48,6 +51,9 @@ class _CIMMixin:
         # so it travels with state_dict() and .to(); loading another chip changes only this.
         self.register_buffer(  # type: ignore[attr-defined]
             "adc_shift", torch.zeros(tiles, slices, cfg.array.polarities, n, cfg.adc.n_thresholds))
+        # The layer's activation clip value (PACT): learned with the weights, starts at quant.input_max.
+        self.act_max = torch.nn.Parameter(torch.tensor(float(cfg.quant.input_max)))
+        self.digital = False  # True: the integer digital layer (ideal, lossless ADC), no engine call
 
     @property
     def has_offsets(self) -> bool:
@@ -104,24 +110,36 @@ class _CIMMixin:
             self._generator.manual_seed(self.noise_seed)
         return self._generator
 
-    def integer_forward(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(y_cim, y_ideal, scale): integer-domain CIM and digital outputs [B, N] and the output scale."""
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_int, x scale, w_int [N, K], w scale): the integers the array sees, with STE/PACT gradients.
+
+        ``x`` is quantized elementwise (any shape); zero padding stays zero, so quantize-then-unfold equals
+        unfold-then-quantize."""
         q = self.cim_config.quant
-        x_int, sx = quantize_input(x2d, q.input_bits, q.input_max, q.input_signed)
+        x_int, sx = quantize_input(x, q.input_bits, self.act_max, q.input_signed)
         w_int, sw = quantize_weight(self.weight.reshape(self._n, self._k), q.weight_bits)
-        cells = weight_cells(w_int.detach(), q.weight_bits, self.cim_config.array.cell_bits)
+        return x_int, sx, w_int, sw
+
+    def chip_matmul(self, x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+        """Integer outputs [B, N] of the simulated crossbars for integer inputs [B, K] (no gradient)."""
+        if x_int.shape[-1] != self._k:
+            raise CIMConfigError(f"{type(self).__name__}: input has {x_int.shape[-1]} features, expected {self._k}")
+        cells = weight_cells(w_int.detach(), self.cim_config.quant.weight_bits, self.cim_config.array.cell_bits)
         shift = self.adc_shift if self.has_offsets else None
         with torch.no_grad():
-            y_cim = cim_matmul(x_int.detach(), cells, self.cim_config, shift, self._gen(x2d.device),
-                               self._table_cache)
-        y_ideal = x_int @ w_int.t()
-        return y_cim, y_ideal, sx * sw
+            return cim_matmul(x_int.detach(), cells, self.cim_config, shift, self._gen(x_int.device),
+                              self._table_cache)
 
-    def _cim_out(self, x2d: torch.Tensor) -> torch.Tensor:
-        if x2d.shape[-1] != self._k:
-            raise CIMConfigError(f"{type(self).__name__}: input has {x2d.shape[-1]} features, expected {self._k}")
-        y_cim, y_ideal, scale = self.integer_forward(x2d)
-        return (y_ideal + (y_cim - y_ideal).detach()) * scale
+    def integer_forward(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y_cim, y_ideal, scale): integer-domain CIM and digital outputs [B, N] and the output scale."""
+        x_int, sx, w_int, sw = self.quantize(x2d)
+        return self.chip_matmul(x_int, w_int), x_int @ w_int.t(), sx * sw
+
+    def _on_chip(self, y_ideal: torch.Tensor, chip: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Forward value of the chip, gradient of the digital layer (straight through); digital mode skips it."""
+        if self.digital:
+            return y_ideal
+        return y_ideal + (chip() - y_ideal).detach()
 
 
 class CIMLinear(_CIMMixin, torch.nn.Linear):
@@ -133,8 +151,11 @@ class CIMLinear(_CIMMixin, torch.nn.Linear):
         self._init_cim(cim_config, in_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self._k:
+            raise CIMConfigError(f"CIMLinear: input has {x.shape[-1]} features, expected {self._k}")
         lead = x.shape[:-1]
-        y = self._cim_out(x.reshape(-1, x.shape[-1]))
+        x_int, sx, w_int, sw = self.quantize(x.reshape(-1, x.shape[-1]))
+        y = self._on_chip(x_int @ w_int.t(), lambda: self.chip_matmul(x_int, w_int)) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -148,7 +169,7 @@ class CIMLinear(_CIMMixin, torch.nn.Linear):
     def to_float(self) -> torch.nn.Linear:
         m = torch.nn.Linear(self.in_features, self.out_features, self.bias is not None,
                             self.weight.device, self.weight.dtype)
-        m.load_state_dict({k: v for k, v in self.state_dict().items() if k != "adc_shift"})
+        m.load_state_dict({k: v for k, v in self.state_dict().items() if k not in _CIM_STATE})
         return m
 
 
@@ -168,14 +189,17 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise CIMConfigError(f"CIMConv2d expects [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
-        b, _, h, w = x.shape
         pad = cast(tuple[int, int], self.padding)
-        cols = F.unfold(x, self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
-        kh, kw = self.kernel_size
-        ho = (h + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        y = self._cim_out(cols.transpose(1, 2).reshape(-1, self._k)).reshape(b, ho * wo, self.out_channels)
-        y = y.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
+        x_int, sx, w_int, sw = self.quantize(x)
+        y = F.conv2d(x_int, w_int.view_as(self.weight), None, self.stride, pad, self.dilation)  # digital layer
+
+        def chip() -> torch.Tensor:
+            b, n, ho, wo = y.shape
+            cols = F.unfold(x_int.detach(), self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
+            y_cim = self.chip_matmul(cols.transpose(1, 2).reshape(-1, self._k), w_int)
+            return y_cim.reshape(b, ho * wo, n).transpose(1, 2).reshape(b, n, ho, wo)
+
+        y = self._on_chip(y, chip) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
@@ -195,5 +219,5 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
                             padding=cast(Any, self.padding), dilation=cast(Any, self.dilation), groups=self.groups,
                             bias=self.bias is not None, padding_mode=self.padding_mode,
                             device=self.weight.device, dtype=self.weight.dtype)
-        m.load_state_dict({k: v for k, v in self.state_dict().items() if k != "adc_shift"})
+        m.load_state_dict({k: v for k, v in self.state_dict().items() if k not in _CIM_STATE})
         return m

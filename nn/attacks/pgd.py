@@ -1,0 +1,65 @@
+"""PGD: projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018).
+
+Threat model: white-box, untargeted, L-inf (default) or L2 ball of radius ``eps`` around each image,
+images in [0, 1]. From a uniform random start inside the ball (``random_start``), ``steps`` ascent steps
+on the cross-entropy loss: sign of the gradient times ``alpha`` (L-inf) or the L2-normalized gradient
+times ``alpha`` (L2), each followed by projection onto the ball and the box. Shapes: images [B, ...] in
+[0, 1], labels [B] -> adversarial images [B, ...]. Defaults are seed 000's (eps 0.03, alpha 2/255, 10 steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nn.attacks._base import Attack, AttackError
+
+
+class PGD(Attack):
+    """Projected gradient descent in the L-inf or L2 ball."""
+
+    def __init__(self, eps: float = 0.03, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
+                 random_start: bool = True, seed: int | None = None) -> None:
+        if not 0 < eps <= 1 and norm == "linf":
+            raise AttackError(f"eps={eps} must be in (0, 1] for an L-inf attack on [0, 1] images")
+        if not eps > 0:
+            raise AttackError(f"eps={eps} must be > 0")
+        if not alpha > 0 or steps < 1:
+            raise AttackError(f"alpha={alpha} must be > 0 and steps={steps} >= 1")
+        if norm not in ("linf", "l2"):
+            raise AttackError(f"norm {norm!r}: choose 'linf' or 'l2'")
+        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
+        self.random_start = random_start
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        """One stream per attack object (seeded once), so consecutive batches draw different starts."""
+        if self.seed is None:
+            return None
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device)
+            self._gen.manual_seed(self.seed)
+        return self._gen
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        if self.norm == "linf":
+            return delta.clamp(-self.eps, self.eps)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
+        return delta * torch.clamp(self.eps / norms, max=1.0)
+
+    def forward(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros_like(images)
+        if self.random_start:
+            u = torch.rand(images.shape, generator=self._generator(images.device), device=images.device,
+                           dtype=images.dtype)
+            delta = self.project((2 * u - 1) * self.eps)
+        x = (images + delta).clamp(0, 1)
+        for _ in range(self.steps):
+            grad, _ = self.input_grad(model, x, labels)
+            if self.norm == "linf":
+                step = grad.sign()
+            else:
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+            x = (images + self.project(x + self.alpha * step - images)).clamp(0, 1)
+        return x
