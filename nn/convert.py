@@ -104,4 +104,4 @@ def calibrate_act_ranges(model: torch.nn.Module, x: torch.Tensor, quantile: floa
         for m, sd in zip(norms, saved, strict=True):
             m.load_state_dict(sd)
         model.train(was_training)
-    return {names[m]: float(m.act_max) for m in layers}
+    return {names[m]: float(m.act_max.detach()) for m in layers}

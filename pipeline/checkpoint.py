@@ -11,8 +11,9 @@ with objects in it is refused with a one-line error.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +27,62 @@ FORMAT_VERSION = 1
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {"relu": torch.nn.ReLU, "celu": torch.nn.CELU}
 
 
-def state_digest(state: Mapping[str, Any]) -> str:
-    """Hash of a state dict's tensors (names, dtypes, shapes, bytes) and plain values, in key order."""
+def _digest(h: Any, v: Any) -> None:
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(v, Mapping):
+        for key in sorted(v, key=str):
+            h.update(f"K{key!r}".encode())
+            _digest(h, v[key])
+    elif isinstance(v, list | tuple):
+        h.update(f"L{len(v)}".encode())
+        for item in v:
+            _digest(h, item)
+    else:
+        h.update(f"V{v!r}".encode())
+
+
+def state_digest(*parts: Any) -> str:
+    """Hash of state dicts (nested dicts/lists of tensors and plain values: names, dtypes, shapes, bytes)."""
     h = hashlib.sha256()
-    for key in sorted(state):
-        v = state[key]
-        h.update(key.encode())
-        if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(repr(v).encode())
+    for part in parts:
+        _digest(h, part)
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, state: Mapping[str, Any], header: Mapping[str, Any]) -> None:
-    """Write ``{"header", "state_dict"}`` atomically; the header gets format, versions and the state hash."""
+def save_checkpoint(path: Path, state: Mapping[str, Any], header: Mapping[str, Any],
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``{"header", "state_dict"[, "extra"]}`` atomically; the header gets format, versions and the
+    hash of the state (and of ``extra``, e.g. an optimizer's state for resuming)."""
     sd = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    blob: dict[str, Any] = {"state_dict": sd}
+    if extra is not None:
+        blob["extra"] = dict(extra)
     head = {**header, "format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
-            "torch": torch.__version__, "sha256": state_digest(sd)}
-    atomic_write(Path(path), lambda tmp: torch.save({"header": head, "state_dict": sd}, tmp))
+            "torch": str(torch.__version__), "sha256": state_digest(sd, blob.get("extra"))}
+    blob["header"] = json.loads(json.dumps(head, default=str))  # plain JSON types only (weights_only loads them)
+    atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
 
 
 def load_checkpoint(path: Path, *, fix: str, kind: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, state_dict) of a checkpoint, verified; ``fix`` is the hint given when it is unusable."""
+    header, state, _ = load_checkpoint_extra(path, fix=fix, kind=kind)
+    return header, state
+
+
+def load_checkpoint_extra(path: Path, *, fix: str, kind: str | None = None
+                          ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(header, state_dict, extra or None) of a checkpoint, verified."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; {fix}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ArtifactError(f"{path} is not a weights-only checkpoint (it holds pickled code or objects, "
-                            f"refused: {str(exc).splitlines()[0][:120]}); delete it and {fix}") from exc
+        raise ArtifactError(f"{path} is not a weights-only checkpoint (it holds pickled code or objects; "
+                            f"refused to load it); delete it and {fix}") from exc
     except Exception as exc:  # noqa: BLE001 - zip/EOF/struct errors all mean a truncated or corrupt file
         raise ArtifactError(f"{path} is truncated or corrupt ({type(exc).__name__}); delete it and {fix}") from exc
     if not isinstance(blob, dict) or not isinstance(blob.get("header"), dict) \
@@ -67,11 +91,12 @@ def load_checkpoint(path: Path, *, fix: str, kind: str | None = None) -> tuple[d
     header, state = blob["header"], blob["state_dict"]
     if header.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a cimcosim checkpoint (format {header.get('format')!r}); {fix}")
-    if state_digest(state) != header.get("sha256"):
+    extra = blob.get("extra")
+    if state_digest(state, extra) != header.get("sha256"):
         raise ArtifactError(f"{path} fails its content check (edited or corrupt); delete it and {fix}")
     if kind is not None and header.get("kind") != kind:
         raise ArtifactError(f"{path} holds a {header.get('kind')!r} checkpoint, expected {kind!r}; {fix}")
-    return header, state
+    return header, state, extra
 
 
 def model_header(model_name: str, num_classes: int, in_chans: int, act: str, cim: CIMConfig) -> dict[str, Any]:
@@ -93,11 +118,13 @@ def build_model(header: Mapping[str, Any], cim: CIMConfig | None = None) -> torc
 
 
 def load_model(path: Path, *, fix: str, kind: str | None = None,
-               cim: CIMConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+               cim: CIMConfig | Callable[[dict[str, Any]], CIMConfig] | None = None
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model of a checkpoint and load its weights (strict: a checkpoint of another model or other
-    settings is refused with the mismatching names)."""
+    settings is refused with the mismatching names). ``cim`` replaces the stored CIM configuration, or maps
+    the header to the one to use."""
     header, state = load_checkpoint(path, fix=fix, kind=kind)
-    model = build_model(header, cim)
+    model = build_model(header, cim(header) if callable(cim) else cim)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chips", help="per-chip ADC offset tables, validated against full-ADC SPICE")
     _add_chips_args(ch)
 
+    from pipeline.cli_nn import add_finetune_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_finetune_parser(sub, _add_exec_args)
+
     r = sub.add_parser("run", help="characterize -> fit -> chips with default settings (the main job)")
     r.add_argument("--run-dir", type=Path, required=True)
     r.add_argument("--samples", type=int, default=d.samples, help="MC samples per reference and W/L")
@@ -140,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             _chips(args.run_dir, _chips_config(args))
         elif args.command == "run":
             _run(args)
+        elif args.command == "train":
+            from pipeline.cli_nn import run_train
+
+            run_train(args)
+        elif args.command == "finetune":
+            from pipeline.cli_nn import run_finetune
+
+            run_finetune(args)
     except _USER_ERRORS as exc:
         print(f"cimcosim: error: {exc}", file=sys.stderr)
         return 2

@@ -72,3 +72,25 @@ class RunPaths:
     @property
     def validation(self) -> Path:
         return self.chips / "validation.json"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    def train_dir(self, tag: str) -> Path:
+        """Outputs of ``cimcosim train --tag TAG``: model0.pt, history.parquet, metrics.json, curve.png."""
+        return self.train / tag
+
+    def model0(self, tag: str) -> Path:
+        return self.train_dir(tag) / "model0.pt"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    def finetune_dir(self, tag: str, adc: str, wl_ratio: float) -> Path:
+        """One design's finetune outputs: chip_<k>.pt, results.parquet, curves.parquet, plots."""
+        return self.finetune / tag / f"{adc}_wl{wl_ratio:g}"
+
+    def chip_checkpoint(self, tag: str, adc: str, wl_ratio: float, chip_id: int) -> Path:
+        return self.finetune_dir(tag, adc, wl_ratio) / f"chip_{chip_id}.pt"

@@ -28,7 +28,7 @@ def test_reference_shapes():
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_models_float_and_cim(name):
     torch.manual_seed(0)
-    size = 8 if name == "test_vgg" else 12
+    size = 28 if name == "test_vgg" else 12
     x = torch.rand(2, 1, size, size)
     cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=32),
                     quant=QuantConfig(weight_bits=2, input_bits=4, input_max=4.0))
