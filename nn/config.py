@@ -164,6 +164,10 @@ class RuntimeConfig:
     the layer's own input and output, independent of batch size: 64 MiB at the default (which measured
     fastest on a 2-core CPU among 2^17..2^24; see benchmarks/RESULTS.md)."""
 
+    fused: bool = True
+    """CPU: run the fused bit-packed engine (:mod:`nn.fused`, numba): popcount partial sums read by the ADC in
+    the same pass. False: the pure-torch reference path (chunked matmuls + readout), which CUDA always uses."""
+
     def __post_init__(self) -> None:
         _positive_int("chunk_elements", self.chunk_elements)
 

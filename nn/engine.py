@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from nn import fused
 from nn.adc import adc_read, adc_tables, lookup_tables, noise_table_cdf, sample_codes
 from nn.config import CIMConfig
 
@@ -120,6 +121,8 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
             they depend only on the config and the shifts (not on weights or inputs), and are rebuilt when
             ``shift`` is modified in place (its version counter), replaced, or moved.
     """
+    if fused.usable(cfg, x_int):
+        return fused.cim_matmul_fused(x_int, cells, cfg, shift, generator, table_cache)
     adc, array, quant = cfg.adc, cfg.array, cfg.quant
     n_slices, _, k, n = cells.shape
     rows, dev, dt = array.rows, x_int.device, x_int.dtype

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nn import fused
 from nn.adc import adc_tables
 from nn.config import CIMConfig, CIMConfigError
 from nn.engine import cim_matmul, weight_cells, weight_slices
-from nn.quant import quantize_input, quantize_weight
+from nn.quant import quantize_input, quantize_weight, weight_scale
 
 _CIM_STATE = ("adc_shift", "act_max")  # state a CIM layer adds to its torch twin
 
@@ -54,6 +55,10 @@ class _CIMMixin:
         # The layer's activation clip value (PACT): learned with the weights, starts at quant.input_max.
         self.act_max = torch.nn.Parameter(torch.tensor(float(cfg.quant.input_max)))
         self.digital = False  # True: the integer digital layer (ideal, lossless ADC), no engine call
+        # None: the weight scale follows the weights (training); a tensor: the scale the cells were
+        # programmed with, fixed (weight attacks flip stored bits without rescaling the layer)
+        self.frozen_weight_scale: torch.Tensor | None = None
+        self._scale_cache: tuple[Any, torch.Tensor | None] = (None, None)
 
     @property
     def has_offsets(self) -> bool:
@@ -117,8 +122,21 @@ class _CIMMixin:
         unfold-then-quantize."""
         q = self.cim_config.quant
         x_int, sx = quantize_input(x, q.input_bits, self.act_max, q.input_signed)
-        w_int, sw = quantize_weight(self.weight.reshape(self._n, self._k), q.weight_bits)
+        w = self.weight.reshape(self._n, self._k)
+        w_int, sw = quantize_weight(w, q.weight_bits, self._weight_scale(w))
         return x_int, sx, w_int, sw
+
+    def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight scale: a programmed chip's fixed scale, else the MSE-optimal one, recomputed only when
+        the weights change (their version counter; optimizers update in place)."""
+        if self.frozen_weight_scale is not None:
+            return self.frozen_weight_scale
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        cached_key, scale = self._scale_cache
+        if cached_key != key or scale is None:
+            scale = weight_scale(w, self.cim_config.quant.weight_bits)
+            self._scale_cache = (key, scale)
+        return scale
 
     def chip_matmul(self, x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
         """Integer outputs [B, N] of the simulated crossbars for integer inputs [B, K] (no gradient)."""
@@ -194,6 +212,13 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
         y = F.conv2d(x_int, w_int.view_as(self.weight), None, self.stride, pad, self.dilation)  # digital layer
 
         def chip() -> torch.Tensor:
+            if fused.usable(self.cim_config, x_int):  # windows packed straight from the input, no im2col
+                cells = weight_cells(w_int.detach(), self.cim_config.quant.weight_bits, self.cim_config.array.cell_bits)
+                shift = self.adc_shift if self.has_offsets else None
+                with torch.no_grad():
+                    return fused.conv_fused(x_int.detach(), cells, self.cim_config, shift, self._gen(x.device),
+                                            self._table_cache, cast(Any, self.kernel_size), cast(Any, self.stride),
+                                            pad, cast(Any, self.dilation))
             b, n, ho, wo = y.shape
             cols = F.unfold(x_int.detach(), self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
             y_cim = self.chip_matmul(cols.transpose(1, 2).reshape(-1, self._k), w_int)

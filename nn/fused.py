@@ -1,0 +1,359 @@
+"""Fused CPU engine: bit-packed crossbars read out by popcount, the ADC applied in the same pass (numba).
+
+A memory column with binary cells and a binary input plane computes popcount(input bits AND cell bits):
+that is what the array does, and on a CPU it is a few integer instructions per 64 rows instead of 64
+multiply-adds. Inputs are cut into bit-planes (bit-serial, or the bits of a multi-level drive summed with
+their weights before one read), multi-bit cells into bit-slices (summed with 2^b), and signed columns
+(``signed_psum``) subtract the negative cells' count; each partial sum is then read by its physical ADC in
+the same loop -- a table lookup (noise-free), a search of the column's shifted thresholds (Flash: count of
+thresholds <= value by bisection of the sorted thresholds; SAR: its binary search, in its own order), or an
+inverse-CDF draw from a measured noise table -- and shift-added into the output. Nothing of the size of
+the partial sums is ever stored: memory is the packed inputs (1 bit per input bit) and the output.
+
+Exactness: partial sums are exact integers; readings and their weighted sum are accumulated in float64
+(exact for integer-valued levels below 2^53), so the result equals the pure-torch reference path
+(``RuntimeConfig(fused=False)``) bit for bit wherever that path is exact (tested). Noise: a counter-based
+generator (splitmix64 of the call's seed and the reading's index) gives every reading its own uniform /
+normal draw, independent of threading and chunking; the seed comes from the layer's torch generator, so a
+seeded layer is reproducible. Its draws differ from the torch path's (same distribution, tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from nn.adc import adc_tables, lookup_tables
+from nn.config import CIMConfig
+
+logger = logging.getLogger(__name__)
+
+try:  # numba is a dependency of the project; without it the engine falls back to the torch path
+    import numba
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    AVAILABLE = False
+
+_LUT_MAX_ENTRIES = 2**25  # noise-free lookup tables up to 256 MiB (float64); larger: threshold search
+MODE_LUT, MODE_THRESHOLDS, MODE_TABLE = 0, 1, 2
+
+if AVAILABLE:
+
+    @intrinsic
+    def _popcount(typingctx, x):  # noqa: ARG001 - numba's intrinsic signature
+        """LLVM ctpop on a uint64 (one POPCNT instruction on x86-64)."""
+        sig = types.uint64(types.uint64)
+
+        def codegen(context, builder, signature, args):  # noqa: ARG001
+            return builder.ctpop(args[0])
+
+        return sig, codegen
+
+    @njit(cache=True, inline="always")
+    def _mix(z):
+        """splitmix64 finalizer: a well-mixed 64-bit value of a 64-bit counter."""
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    @njit(cache=True, inline="always")
+    def _uniform(seed, key):
+        """Uniform in [0, 1) of reading ``key`` under ``seed`` (53 random bits)."""
+        z = _mix(seed + (key + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+        return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+    @njit(cache=True, inline="always")
+    def _normal(seed, key):
+        """Standard normal of reading ``key`` (Box-Muller on two independent uniforms)."""
+        u1 = 1.0 - _uniform(seed, key * np.uint64(2))
+        u2 = _uniform(seed, key * np.uint64(2) + np.uint64(1))
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+    @njit(parallel=True, cache=True)
+    def _pack_rows(v, tiles, rows, nbits):
+        """Bit-pack non-negative integers ``v`` [M, tiles * rows] into [M, tiles, nbits, words] uint64
+        (bit j of word w = row 64 w + j); branch-free inner loop."""
+        m_rows = v.shape[0]
+        words = (rows + 63) // 64
+        out = np.zeros((m_rows, tiles, nbits, words), np.uint64)
+        for m in prange(m_rows):
+            for t in range(tiles):
+                for w in range(words):
+                    count = min(64, rows - w * 64)
+                    first = t * rows + w * 64
+                    for b in range(nbits):
+                        acc = np.uint64(0)
+                        for j in range(count):
+                            acc |= np.uint64((v[m, first + j] >> b) & 1) << np.uint64(j)
+                        out[m, t, b, w] = acc
+        return out
+
+    @njit(parallel=True, cache=True)
+    def _pack_windows(v, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, nbits):
+        """Bit-pack the convolution windows of ``v`` [B, C, H, W] (non-negative integer codes) into
+        [B * ho * wo, tiles, nbits, words]: row k = (c, i, j) in F.unfold's order, zero padding outside."""
+        batch, chans, height, width = v.shape
+        words = (rows + 63) // 64
+        out = np.zeros((batch * ho * wo, tiles, nbits, words), np.uint64)
+        for m in prange(batch * ho * wo):
+            b = m // (ho * wo)
+            oy = (m // wo) % ho
+            ox = m % wo
+            k = 0
+            for c in range(chans):
+                for i in range(kh):
+                    y = oy * sh - ph + i * dh
+                    for j in range(kw):
+                        x = ox * sw - pw + j * dw
+                        if 0 <= y < height and 0 <= x < width:
+                            code = v[b, c, y, x]
+                            if code != 0:
+                                t = k // rows
+                                r = k - t * rows
+                                sh_r = np.uint64(r & 63)
+                                for p in range(nbits):
+                                    out[m, t, p, r >> 6] |= np.uint64((code >> p) & 1) << sh_r
+                        k += 1
+        return out
+
+    @njit(cache=True, inline="always")
+    def _psum(xw, wp, wm, minus, m, t, p, c):
+        """Integer partial sum of column c, tile t, input plane p of row m."""
+        s = 0
+        for b in range(wp.shape[2]):
+            pc = 0
+            for k in range(xw.shape[3]):
+                pc += _popcount(xw[m, t, p, k] & wp[t, c, b, k])
+                if minus:
+                    pc -= _popcount(xw[m, t, p, k] & wm[t, c, b, k])
+            s += pc << b
+        return s
+
+    @njit(cache=True, inline="always")
+    def _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed, key):
+        """ADC output (times the column's digital weight) of integer partial sum ``s``."""
+        if mode == 0:
+            return lut[t, c, s - lo]
+        if mode == 2:
+            u = _uniform(seed, key)
+            row = s - lo
+            a, b = 0, cdf.shape[1]
+            while a < b:  # bisect_right(cdf[row], u): codes whose cumulative probability is <= u
+                mid = (a + b) >> 1
+                if cdf[row, mid] <= u:
+                    a = mid + 1
+                else:
+                    b = mid
+            return lev[a] * colw[c]
+        v = np.float64(s)
+        if sigma > 0.0:
+            v += sigma * _normal(seed, key)
+        if sar_bits == 0:  # Flash: number of (sorted) thresholds at or below v
+            a, b = 0, thr.shape[2]
+            while a < b:
+                mid = (a + b) >> 1
+                if thr[t, c, mid] <= v:
+                    a = mid + 1
+                else:
+                    b = mid
+            return lev[a] * colw[c]
+        code = 0
+        for bit in range(sar_bits - 1, -1, -1):  # SAR: binary search in the comparator's own order
+            trial = code | (1 << bit)
+            if v >= thr[t, c, trial - 1]:
+                code = trial
+        return lev[code] * colw[c]
+
+    @njit(cache=True)
+    def _zero_readings(mode, lo, lut, thr, sar_bits, lev, colw, cdf):
+        """Noise-free reading of partial sum 0 per (tile, column): what an all-zero input plane reads."""
+        tiles, cols = (lut.shape[0], lut.shape[1]) if mode == 0 else (thr.shape[0], thr.shape[1])
+        out = np.empty((tiles, cols))
+        for t in range(tiles):
+            for c in range(cols):
+                out[t, c] = _read(mode, t, c, 0, lo, lut, thr, sar_bits, lev, colw, 0.0, cdf, np.uint64(0),
+                                  np.uint64(0))
+        return out
+
+    @njit(parallel=True, cache=True)
+    def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, sar_bits,
+                lev, colw, sigma, cdf, seed, out):
+        """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
+        weighted ADC readings. With ``skip_zero`` (noise-free readouts), all-zero input planes of a tile are not
+        counted column by column: they read ``zero[t, c]``, added once per tile with their planes' weights."""
+        m_rows, tiles, planes, _ = xw.shape
+        cols = wp.shape[1]
+        groups = cols // n_out
+        for m in prange(m_rows):
+            live = np.empty((tiles, planes), np.int64)
+            n_live = np.zeros(tiles, np.int64)
+            zero_w = np.zeros(tiles)
+            for t in range(tiles):
+                for p in range(planes):
+                    used = not skip_zero
+                    for k in range(xw.shape[3]):
+                        if xw[m, t, p, k] != 0:
+                            used = True
+                    if used:
+                        live[t, n_live[t]] = p
+                        n_live[t] += 1
+                    else:
+                        zero_w[t] += bitw[p]
+            for n in range(n_out):
+                acc = 0.0
+                for t in range(tiles):
+                    for g in range(groups):
+                        c = g * n_out + n
+                        base = np.uint64(((m * tiles + t) * cols + c) * planes)
+                        if serial:
+                            if zero_w[t] != 0.0:
+                                acc += zero_w[t] * zero[t, c]
+                            for i in range(n_live[t]):
+                                p = live[t, i]
+                                s = _psum(xw, wp, wm, minus, m, t, p, c)
+                                acc += bitw[p] * _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf,
+                                                       seed, base + np.uint64(p))
+                        else:
+                            s = 0
+                            for i in range(n_live[t]):
+                                p = live[t, i]
+                                s += bitw_int[p] * _psum(xw, wp, wm, minus, m, t, p, c)
+                            acc += _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed, base)
+                out[m, n] = acc
+
+
+def usable(cfg: CIMConfig, x: torch.Tensor) -> bool:
+    """True when the fused engine runs this call (CPU tensors, numba importable, not switched off)."""
+    return AVAILABLE and cfg.runtime.fused and x.device.type == "cpu"
+
+
+def _columns(cells: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cells [S, 2, K, N] -> per-ADC-column cell rows [C, K] (plus) and [C, K] (minus, signed columns only),
+    columns ordered (slice, polarity, output) as the torch path orders them."""
+    s, _, k, n = cells.shape
+    if signed:
+        return cells[:, 0].permute(0, 2, 1).reshape(s * n, k), cells[:, 1].permute(0, 2, 1).reshape(s * n, k)
+    return cells.permute(0, 1, 3, 2).reshape(s * 2 * n, k), None
+
+
+def _pack(v: torch.Tensor, tiles: int, rows: int, nbits: int) -> np.ndarray:
+    dt = torch.uint8 if nbits <= 8 else torch.int32
+    return _pack_rows(np.ascontiguousarray(v.to(dt).numpy()), tiles, rows, nbits)
+
+
+def cim_matmul_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
+                     generator: torch.Generator | None, table_cache: dict | None) -> torch.Tensor:
+    """Same contract as :func:`nn.engine.cim_matmul` (CPU only): y [B, N] for integer inputs [B, K]."""
+    tiles = math.ceil(cells.shape[2] / cfg.array.rows)
+    pad = tiles * cfg.array.rows - x_int.shape[1]
+    xw = _pack(_input_bits(torch.nn.functional.pad(x_int, (0, pad)) if pad else x_int, cfg), tiles,
+               cfg.array.rows, cfg.quant.input_bits)
+    return _run(xw, cells, cfg, shift, generator, table_cache, x_int.dtype)
+
+
+def conv_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
+               generator: torch.Generator | None, table_cache: dict | None, kernel: tuple[int, int],
+               stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """A convolution on the crossbars, y [B, N, Ho, Wo], for integer inputs [B, C, H, W]: the windows are
+    bit-packed straight from the input (no im2col tensor), rows in F.unfold's (channel, ky, kx) order."""
+    b, _, h, w = x_int.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rows = cfg.array.rows
+    tiles = math.ceil(cells.shape[2] / rows)
+    v = _input_bits(x_int, cfg)
+    codes = np.ascontiguousarray(v.to(torch.uint8 if cfg.quant.input_bits <= 8 else torch.int32).numpy())
+    xw = _pack_windows(codes, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
+    y = _run(xw, cells, cfg, shift, generator, table_cache, x_int.dtype)  # [B * Ho * Wo, N]
+    return y.reshape(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
+
+
+def _input_bits(x_int: torch.Tensor, cfg: CIMConfig) -> torch.Tensor:
+    """The bit pattern the rows are driven with: two's complement for signed inputs."""
+    return torch.remainder(x_int, 2**cfg.quant.input_bits) if cfg.quant.input_signed else x_int
+
+
+def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
+         generator: torch.Generator | None, table_cache: dict | None, dtype: torch.dtype) -> torch.Tensor:
+    """Read packed inputs ``xw`` [M, T, planes, words] through the crossbars of ``cells`` [S, 2, K, N]."""
+    adc, array, quant = cfg.adc, cfg.array, cfg.quant
+    n_slices, _, k, n = cells.shape
+    rows = array.rows
+    tiles = xw.shape[1]
+    pad = tiles * rows - k
+    if pad:
+        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
+    plus, minus = _columns(cells, array.signed_psum)
+    cols = plus.shape[0]
+    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 0, 2, 3).copy()  # [T, C, cell bits, words]
+    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 0, 2, 3).copy() if minus is not None
+          else np.zeros((1, 1, 1, 1), np.uint64))
+    bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
+    if quant.input_signed:
+        bitw_int[-1] = -bitw_int[-1]
+    lo, hi = cfg.psum_range
+    thr_t, lev_t, step = adc_tables(adc, lo, hi, "cpu", torch.float64)
+    n_pol = 1 if array.signed_psum else 2
+    slice_w = 2.0 ** (array.cell_bits * np.arange(n_slices))
+    sign = np.array([1.0, -1.0][:n_pol])
+    colw = np.broadcast_to((slice_w[:, None, None] * sign[None, :, None]), (n_slices, n_pol, n)).reshape(-1).copy()
+    flat_shift = None if shift is None else shift.detach().reshape(tiles, cols, -1).to(torch.float64)
+    mode, lut, thr, sar_bits, cdf = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw, shift,
+                                             table_cache)
+    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
+    out = np.empty((xw.shape[0], n), np.float64)
+    lev = lev_t.numpy()
+    zero = _zero_readings(mode, lo, lut, thr, sar_bits, lev, colw, cdf) if not noisy else np.zeros((1, 1))
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    _kernel(xw, wp, wm, minus is not None, quant.input_mode == "bit_serial", not noisy, zero,
+            bitw_int.astype(np.float64), bitw_int, n, lo, mode, lut, thr, sar_bits, lev, colw,
+            float(adc.noise_sigma), cdf, np.uint64(seed), out)
+    return torch.from_numpy(out).to(dtype)
+
+
+def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, flat_shift: torch.Tensor | None,
+             tiles: int, cols: int, colw: np.ndarray, shift: torch.Tensor | None, table_cache: dict | None
+             ) -> tuple[int, np.ndarray, np.ndarray, int, np.ndarray]:
+    """(mode, lut, thresholds, sar_bits, cdf) of the kernel; unused ones are 1-element placeholders."""
+    adc = cfg.adc
+    lo, hi = cfg.psum_range
+    empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
+    if adc.noise_table is not None:
+        cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].numpy().copy()
+        return MODE_TABLE, empty3, empty3, 0, cdf
+    noisy = adc.noise_sigma > 0
+    if not noisy and tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES:
+        key = ("fused", cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
+        if table_cache is not None and table_cache.get("fused_key") == key and table_cache.get("fused_shift") is shift:
+            return MODE_LUT, table_cache["fused_lut"], empty3, 0, empty2
+        table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
+        lut = np.ascontiguousarray(table * colw[None, :, None])
+        if table_cache is not None:
+            table_cache.update(fused_key=key, fused_lut=lut, fused_shift=shift)
+        return MODE_LUT, lut, empty3, 0, empty2
+    t = thr.expand(tiles, cols, -1) if flat_shift is None else thr + flat_shift
+    if adc.kind == "flash" or flat_shift is None:  # a threshold scheme without shifts is sorted already
+        return MODE_THRESHOLDS, empty3, np.ascontiguousarray(torch.sort(t, -1).values.numpy()), 0, empty2
+    n_thr = thr.numel()
+    sar_bits = int(math.log2(n_thr + 1))
+    if 2**sar_bits - 1 != n_thr:
+        from nn.config import CIMConfigError
+
+        raise CIMConfigError(f"a SAR ADC needs 2^k - 1 thresholds, this scheme has {n_thr}")
+    return MODE_THRESHOLDS, empty3, np.ascontiguousarray(t.numpy()), sar_bits, empty2
+
+
+def describe() -> dict[str, Any]:
+    """What the fused engine runs on (for benchmark reports)."""
+    if not AVAILABLE:
+        return {"fused": False}
+    return {"fused": True, "numba": numba.__version__, "threads": numba.get_num_threads()}
