@@ -40,8 +40,8 @@ try:  # numba is a dependency of the project; without it the engine falls back t
     # numba's OpenMP layer leaves its threads spin-waiting after every parallel region; on a CPU shared
     # with torch's own OpenMP pool that slowed every following torch op ~20x (measured: relu of 160k floats
     # 0.05 ms -> 1 ms). The workqueue layer's threads sleep between regions.
-    if numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
+    if numba.config.THREADING_LAYER == "default":  # type: ignore[attr-defined]
+        numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
     AVAILABLE = True
 except ImportError:  # pragma: no cover
     AVAILABLE = False
