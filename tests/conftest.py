@@ -29,3 +29,38 @@ def small_run(tmp_path_factory) -> Path:
     with make_executor(2) as ex:
         characterize(cfg, run_dir, ex)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def chip_run(small_run, tmp_path_factory) -> Path:
+    """``small_run`` plus fit and chips (4 chips per design): real offset tables from real ngspice."""
+    import shutil
+
+    from pipeline.chips import ChipsConfig, chips
+    from pipeline.fit import fit
+
+    run = tmp_path_factory.mktemp("chiprun") / "run"
+    shutil.copytree(small_run, run)
+    fit(run)
+    chips(run, ChipsConfig(n_chips=4))
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_train() -> dict:
+    """A tiny model0: test_vgg on 600 Fashion-MNIST images, 32-row arrays, 5-bit ADC (the chips' resolution)."""
+    return {"model": "test_vgg", "subset": 600, "test_subset": 300, "epochs": 4, "batch": 50, "rows": 32,
+            "lr": 3e-3}
+
+
+@pytest.fixture(scope="session")
+def trained_run(chip_run, tiny_train, tmp_path_factory) -> Path:
+    """``chip_run`` plus a tiny model0 under tag 'tiny'."""
+    import shutil
+
+    from pipeline.train import train, train_config
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(chip_run, run)
+    train(run, train_config(**tiny_train), tag="tiny")
+    return run

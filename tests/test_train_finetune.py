@@ -1,0 +1,109 @@
+"""Train and finetune stages on real data and real (SPICE-derived) chip tables, tiny models."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from nn.convert import set_digital
+from nn.training import predict
+from pipeline.artifacts import read_json, read_table
+from pipeline.checkpoint import load_checkpoint, load_model
+from pipeline.executor import make_executor
+from pipeline.finetune import CROSS, RESULTS, FinetuneConfig, design_cim, finetune
+from pipeline.offset_table import OffsetTable
+from pipeline.train import HISTORY, train, train_config
+
+FT = {"tag": "tiny", "adc": "sar", "wl_ratio": 4.0, "chips": (0, 1), "iters": 30, "batch": 50, "lr": 1e-3,
+      "eval_images": 300, "train_subset": 600, "eval_every": 15, "cross_chips": 1}
+
+
+def test_training_loss_falls_and_outputs_are_complete(trained_run):
+    out = trained_run / "train" / "tiny"
+    hist, _ = read_table(out / "history.parquet", HISTORY, fix="")
+    assert list(hist.epoch) == [0, 1, 2, 3, 4]
+    assert hist.loss.iloc[-1] < hist.loss.iloc[1] and hist.test_acc.iloc[-1] > 0.25  # chance is 0.1
+    metrics = read_json(out / "metrics.json", fix="")
+    assert metrics["test_acc"] == pytest.approx(hist.test_acc.iloc[-1]) and metrics["inputs"]
+    header, state = load_checkpoint(out / "model0.pt", fix="", kind="model0")
+    assert header["model"] == "test_vgg" and header["cim"]["array"]["rows"] == 32 and "features.0.act_max" in state
+    torch.load(out / "model0.pt", weights_only=True)  # plain weights_only load works too
+    assert (out / "curve.png").stat().st_size > 0 and not (out / "state.pt").exists()
+
+
+def test_training_resumes_after_interrupt_bit_for_bit(tmp_path, tiny_train):
+    cfg = train_config(**{**tiny_train, "subset": 200, "epochs": 3})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, _total):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tmp_path / "a", cfg, progress=stop_after_first)
+    assert (tmp_path / "a/train/test_vgg/state.pt").is_file()
+    resumed = train(tmp_path / "a", cfg)
+    straight = train(tmp_path / "b", cfg)
+    assert resumed["test_acc"] == straight["test_acc"]
+    _, sa = load_checkpoint(tmp_path / "a/train/test_vgg/model0.pt", fix="")
+    _, sb = load_checkpoint(tmp_path / "b/train/test_vgg/model0.pt", fix="")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    again = train(tmp_path / "a", cfg)  # finished: skipped, same document
+    assert again["config_hash"] == resumed["config_hash"] and again["seconds"] == resumed["seconds"]
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ft") / "run"
+    shutil.copytree(trained_run, run)
+    with make_executor(1) as ex:
+        res = finetune(run, FinetuneConfig(**FT), ex)
+    return run, res
+
+
+def test_finetune_raises_on_chip_accuracy(finetuned):
+    _, res = finetuned
+    assert len(res) == 2 and (res.offset_lsb_rms > 1).all()  # SAR W/L 4: offsets of several LSB
+    assert res.acc_chip_after.mean() > res.acc_chip_before.mean() + 0.05
+    assert (res.acc_software > res.acc_chip_before).all()
+
+
+def test_model1_differs_from_model0_and_from_the_chip(finetuned):
+    run, _ = finetuned
+    table = OffsetTable(run / "chips/offsets.parquet")
+    m0, _ = load_model(run / "train/tiny/model0.pt", fix="")
+    chip, header = load_model(run / "finetune/tiny/sar_wl4/chip_0.pt", fix="", kind="chip",
+                              cim=lambda h: design_cim(h, table, "sar"))
+    s0, s1 = m0.state_dict(), chip.state_dict()
+    assert any(not torch.equal(s0[k], s1[k]) for k in s0 if k.endswith("weight"))
+    from nn import load_chip
+    from pipeline.datasets import load_data
+
+    x = load_data("fashion-mnist", 10, 300).x_test
+    load_chip(chip, table, "sar", 4.0, 0)
+    on_chip = predict(chip, x)
+    set_digital(chip, True)
+    model1 = predict(chip, x)
+    assert (on_chip != model1).any()
+    assert header["result"]["acc_model1_digital"] == pytest.approx(
+        float((model1 == load_data("fashion-mnist", 10, 300).y_test).float().mean()))
+
+
+def test_finetune_resume_redoes_nothing_finished_and_is_deterministic(finetuned, tmp_path):
+    run, res = finetuned
+    design = run / "finetune/tiny/sar_wl4"
+    mtime0 = (design / "chip_0.pt").stat().st_mtime_ns
+    (design / "chip_1.pt").unlink()  # the chip "in flight" when the run was killed
+    with make_executor(1) as ex:
+        again = finetune(run, FinetuneConfig(**FT), ex)
+    assert (design / "chip_0.pt").stat().st_mtime_ns == mtime0
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), res.drop(columns="seconds"))
+    cross, _ = read_table(design / "cross_chip.parquet", CROSS, fix="")
+    assert set(cross.weights_chip) == {0, 1} and len(cross) == 4
+    saved, _ = read_table(design / "results.parquet", RESULTS, fix="")
+    assert list(saved.chip_id) == [0, 1]
