@@ -129,17 +129,20 @@ if AVAILABLE:
         return out
 
     @njit(cache=True, inline="always")
-    def _psum(xw, wp, wm, minus, m, t, p, c):
-        """Integer partial sum of column c, tile t, input plane p of row m."""
-        s = 0
-        for b in range(wp.shape[2]):
-            pc = 0
+    def _psums(xw, wp, wm, minus, m, t, p, s):
+        """Integer partial sums of every column of tile t for input plane p of row m, into ``s`` [C]: columns
+        innermost and contiguous (``wp`` [T, cell bits, words, C]), so the popcounts vectorize."""
+        s[:] = 0
+        for b in range(wp.shape[1]):
             for k in range(xw.shape[3]):
-                pc += _popcount(xw[m, t, p, k] & wp[t, c, b, k])
+                xk = xw[m, t, p, k]
+                if xk == 0:
+                    continue
+                for c in range(s.shape[0]):
+                    s[c] += np.int64(_popcount(xk & wp[t, b, k, c])) << b
                 if minus:
-                    pc -= _popcount(xw[m, t, p, k] & wm[t, c, b, k])
-            s += pc << b
-        return s
+                    for c in range(s.shape[0]):
+                        s[c] -= np.int64(_popcount(xk & wm[t, b, k, c])) << b
 
     @njit(cache=True, inline="always")
     def _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed, key):
@@ -191,47 +194,48 @@ if AVAILABLE:
     def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, sar_bits,
                 lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
-        weighted ADC readings. With ``skip_zero`` (noise-free readouts), all-zero input planes of a tile are not
-        counted column by column: they read ``zero[t, c]``, added once per tile with their planes' weights."""
-        m_rows, tiles, planes, _ = xw.shape
-        cols = wp.shape[1]
-        groups = cols // n_out
+        weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
+        counted: its columns read ``zero[t, c]``, added with the plane's weight."""
+        m_rows, tiles, planes, words = xw.shape
+        cols = wp.shape[3]
         for m in prange(m_rows):
-            live = np.empty((tiles, planes), np.int64)
-            n_live = np.zeros(tiles, np.int64)
-            zero_w = np.zeros(tiles)
+            acc = np.zeros(cols)
+            s = np.empty(cols, np.int64)
+            total = np.empty(cols, np.int64)
             for t in range(tiles):
+                zero_w = 0.0
+                total[:] = 0
                 for p in range(planes):
-                    used = not skip_zero
-                    for k in range(xw.shape[3]):
+                    live = not skip_zero
+                    for k in range(words):
                         if xw[m, t, p, k] != 0:
-                            used = True
-                    if used:
-                        live[t, n_live[t]] = p
-                        n_live[t] += 1
+                            live = True
+                    if not live:
+                        zero_w += bitw[p]
+                        continue
+                    _psums(xw, wp, wm, minus, m, t, p, s)
+                    if serial:
+                        base = np.uint64((m * tiles + t) * cols * planes + p)
+                        for c in range(cols):
+                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, sar_bits, lev, colw, sigma,
+                                                      cdf, seed, base + np.uint64(c * planes))
                     else:
-                        zero_w[t] += bitw[p]
+                        for c in range(cols):
+                            total[c] += bitw_int[p] * s[c]
+                if serial:
+                    if zero_w != 0.0:
+                        for c in range(cols):
+                            acc[c] += zero_w * zero[t, c]
+                else:
+                    base = np.uint64((m * tiles + t) * cols * planes)
+                    for c in range(cols):
+                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed,
+                                        base + np.uint64(c * planes))
             for n in range(n_out):
-                acc = 0.0
-                for t in range(tiles):
-                    for g in range(groups):
-                        c = g * n_out + n
-                        base = np.uint64(((m * tiles + t) * cols + c) * planes)
-                        if serial:
-                            if zero_w[t] != 0.0:
-                                acc += zero_w[t] * zero[t, c]
-                            for i in range(n_live[t]):
-                                p = live[t, i]
-                                s = _psum(xw, wp, wm, minus, m, t, p, c)
-                                acc += bitw[p] * _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf,
-                                                       seed, base + np.uint64(p))
-                        else:
-                            s = 0
-                            for i in range(n_live[t]):
-                                p = live[t, i]
-                                s += bitw_int[p] * _psum(xw, wp, wm, minus, m, t, p, c)
-                            acc += _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed, base)
-                out[m, n] = acc
+                v = 0.0
+                for c in range(n, cols, n_out):
+                    v += acc[c]
+                out[m, n] = v
 
 
 def usable(cfg: CIMConfig, x: torch.Tensor) -> bool:
@@ -298,8 +302,8 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
         cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
     plus, minus = _columns(cells, array.signed_psum)
     cols = plus.shape[0]
-    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 0, 2, 3).copy()  # [T, C, cell bits, words]
-    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 0, 2, 3).copy() if minus is not None
+    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
+    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
           else np.zeros((1, 1, 1, 1), np.uint64))
     bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
     if quant.input_signed:

@@ -172,7 +172,14 @@ class ChipTask:
 
 
 def design_cim(header: dict[str, Any], table: OffsetTable, adc: str) -> CIMConfig:
-    """model0's chip configuration moved onto the table's design: its ADC kind and die geometry."""
+    """model0's chip configuration moved onto the table's design: the characterized ADC and the die geometry.
+
+    The design's ADC is the one the SPICE stage characterized: a ``bits``-bit Flash or SAR ADC over a column
+    of 2^bits - 1 cells, one cell per LSB (references at j + 0.5 cells), reading a tile's partial sum and
+    clipping above full scale. The table's ``offset_lsb`` is in those cells (converted through that column's
+    measured current curve), so the simulated ADC must have the same 1-cell step: with a coarser step (e.g.
+    128 cells over 31 codes, 5 cells per LSB) the same offsets would be a different, unmeasured circuit.
+    """
     cim = CIMConfig.from_dict(header["cim"])
     g = table.geometry
     if cim.adc.thresholds is not None or cim.adc.noise_table is not None:
@@ -183,7 +190,8 @@ def design_cim(header: dict[str, Any], table: OffsetTable, adc: str) -> CIMConfi
                           f"{g['bits']}-bit ADCs ({g['n_thresholds']} thresholds); retrain with --adc-bits {g['bits']}")
     array = replace(cim.array, n_macros=g["n_macros"], adcs_per_macro=g["adcs_per_macro"],
                     columns_per_adc=g["columns_per_adc"])
-    return replace(cim, adc=replace(cim.adc, kind=adc), array=array)
+    full_scale = float(g["n_thresholds"])  # 2^bits - 1 cells: one cell per LSB, as characterized
+    return replace(cim, adc=replace(cim.adc, kind=adc, psum_max=full_scale), array=array)
 
 
 def _eval_set(cfg: FinetuneConfig, header: dict[str, Any]) -> Any:

@@ -1,6 +1,16 @@
-"""Input and weight attacks, one per file, behind the small base class of :mod:`nn.attacks._base`."""
+"""Input and weight attacks, one per file, behind the small base class of :mod:`nn.attacks._base`.
+
+Every input attack is configured once and called as ``attack(model, images, labels)``, returning adversarial
+images in [0, 1]; it never changes the model's mode or parameters. :func:`norms` measures what it did.
+"""
 
 from nn.attacks._base import Attack, AttackError
+from nn.attacks._cw import norms
+from nn.attacks.cw_l0 import CWL0
+from nn.attacks.cw_l2 import CWL2
+from nn.attacks.cw_linf import CWLinf
+from nn.attacks.eot import EOT
+from nn.attacks.fgsm import FGSM
 from nn.attacks.pgd import PGD
 
-__all__ = ["PGD", "Attack", "AttackError"]
+__all__ = ["CWL0", "CWL2", "EOT", "FGSM", "PGD", "Attack", "AttackError", "CWLinf", "norms"]
