@@ -56,5 +56,5 @@ class EOT(Attack):
             grads, logits = zip(*(base(d, x, y, loss_fn) for d in draws), strict=True)
             return torch.stack(grads).mean(0), torch.stack(logits).mean(0)
 
-        inner.input_grad = averaged  # type: ignore[method-assign]
+        inner.input_grad = averaged  # type: ignore[method-assign,assignment]  # this copy only
         return inner.forward(model, images, labels)
