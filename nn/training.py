@@ -125,3 +125,24 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor, *, batch: int, batches: int,
+                          generator: torch.Generator, device: torch.device | str = "cpu") -> None:
+    """Re-estimate every BatchNorm layer's running statistics on ``batches`` random batches of ``x`` (their
+    exact average), weights untouched; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    model.train()
+    stream = index_stream(len(x), batch, generator)
+    try:
+        for _ in range(batches):
+            model(x[next(stream)].to(device))
+    finally:
+        for m, mom in zip(norms, momenta, strict=True):
+            m.momentum = mom
+        model.eval()

@@ -87,6 +87,8 @@ def add_finetune_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
     f.add_argument("--eval-images", type=int_arg, default=d.eval_images, help="test images per accuracy")
     f.add_argument("--train-subset", type=int_arg, default=None, help="training images drawn from")
     f.add_argument("--cross-chips", type=int, default=d.cross_chips, help="other chips each chip's weights meet")
+    f.add_argument("--bn-batches", type=int, default=d.bn_batches,
+                   help="control: batches of BatchNorm re-estimation on the chip without weight updates (0: off)")
     f.add_argument("--seed", type=int, default=d.seed)
     f.add_argument("--device", default="cpu", help="cpu | cuda")
     add_exec_args(f)
@@ -99,7 +101,7 @@ def run_finetune(args: argparse.Namespace) -> None:
     cfg = FinetuneConfig(tag=args.tag, adc=args.adc, wl_ratio=args.wl, chips=parse_chips(args.chips),
                          iters=args.iters, batch=args.batch, lr=args.lr, eval_every=args.eval_every,
                          eval_images=args.eval_images, train_subset=args.train_subset,
-                         cross_chips=args.cross_chips, seed=args.seed)
+                         cross_chips=args.cross_chips, bn_batches=args.bn_batches, seed=args.seed)
     _check_device(args.device)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
@@ -108,9 +110,9 @@ def run_finetune(args: argparse.Namespace) -> None:
                  disable=None) as bar:
         res = finetune(args.run_dir, cfg, ex, args.device, args.workers, lambda n, _t: bar.update(n - bar.n))
     log.info("finetune %s %s W/L=%g: software %.4f, nominal chip %.4f, chips before %.4f -> after %.4f (mean of "
-             "%d), model1 %.4f", cfg.tag, cfg.adc, cfg.wl_ratio, res.acc_software.iloc[0],
-             res.acc_nominal_chip.iloc[0], res.acc_chip_before.mean(), res.acc_chip_after.mean(), len(res),
-             res.acc_model1_digital.mean())
+             "%d; BatchNorm re-estimation alone %.4f), model1 %.4f", cfg.tag, cfg.adc, cfg.wl_ratio,
+             res.acc_software.iloc[0], res.acc_nominal_chip.iloc[0], res.acc_chip_before.mean(),
+             res.acc_chip_after.mean(), len(res), res.acc_chip_bn_only.mean(), res.acc_model1_digital.mean())
 
 
 def _threads(n: int | None) -> None:

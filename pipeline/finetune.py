@@ -20,6 +20,7 @@ loses only the chips in flight, and one seed gives the same numbers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 
 from nn import CIMConfig, load_chip
 from nn.convert import set_digital
-from nn.training import Timer, accuracy, cosine_lr, make_optimizer, train_steps
+from nn.training import Timer, accuracy, cosine_lr, make_optimizer, recalibrate_batchnorm, train_steps
 from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
 from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
@@ -56,6 +57,7 @@ RESULTS = pa.schema([
     pa.field("acc_software", pa.float64()),  # model0, digital path
     pa.field("acc_nominal_chip", pa.float64()),  # model0 on the configured ADC without offsets
     pa.field("acc_chip_before", pa.float64()),  # model0 on chip k
+    pa.field("acc_chip_bn_only", pa.float64()),  # control: model0 on chip k, only BatchNorm statistics re-estimated
     pa.field("acc_chip_after", pa.float64()),  # finetuned on chip k, on chip k
     pa.field("acc_model1_digital", pa.float64()),  # chip k's finetuned weights, digital path (model1)
     pa.field("offset_lsb_rms", pa.float64()),  # RMS threshold shift of chip k's table, ADC LSB
@@ -104,6 +106,9 @@ class FinetuneConfig:
     """Training images finetune draws from (the first N; None: all)."""
     cross_chips: int = 3
     """Other chips of the list each chip's finetuned weights are tried on."""
+    bn_batches: int = 10
+    """Control: batches over which model0's BatchNorm statistics are re-estimated on the chip (no weight
+    update) before its accuracy is measured (0: skip the control)."""
     seed: int = 1
     """Root seed of the data order."""
 
@@ -124,8 +129,10 @@ class FinetuneConfig:
             raise ConfigError(f"lr={self.lr!r} must be a finite number > 0")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay={self.weight_decay!r} must be >= 0")
-        if not isinstance(self.cross_chips, int) or self.cross_chips < 0:
-            raise ConfigError(f"cross_chips={self.cross_chips!r} must be an integer >= 0")
+        for name in ("cross_chips", "bn_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name}={v!r} must be an integer >= 0")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
 
@@ -221,6 +228,14 @@ def finetune_chip(task: ChipTask) -> dict[str, Any]:
         return accuracy(model, xt, yt, batch=cfg.batch, device=task.device)
 
     before = on_chip(task.chip_id)
+    bn_only = math.nan
+    if cfg.bn_batches:
+        control = copy.deepcopy(model)
+        recalibrate_batchnorm(control, data.x_train, batch=cfg.batch, batches=cfg.bn_batches,
+                              generator=torch.Generator().manual_seed(_chip_seed(cfg, task.chip_id) + 1),
+                              device=task.device)
+        bn_only = accuracy(control, xt, yt, batch=cfg.batch, device=task.device)
+        del control
     iters = cfg.iters or max(len(data.x_train) // cfg.batch, 1)
     every = cfg.eval_every or max(iters // 10, 1)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -244,7 +259,8 @@ def finetune_chip(task: ChipTask) -> dict[str, Any]:
     shifts = table.threshold_shifts_lsb(cfg.adc, cfg.wl_ratio, task.chip_id)
     result = {"tag": cfg.tag, "model": header["model"], "adc": cfg.adc, "wl_ratio": float(cfg.wl_ratio),
               "chip_id": task.chip_id, "acc_software": task.acc_software, "acc_nominal_chip": task.acc_nominal_chip,
-              "acc_chip_before": before, "acc_chip_after": after, "acc_model1_digital": model1,
+              "acc_chip_before": before, "acc_chip_bn_only": bn_only, "acc_chip_after": after,
+              "acc_model1_digital": model1,
               "offset_lsb_rms": float(np.sqrt(np.mean(np.square(shifts)))), "iterations": iters, "n_eval": len(xt),
               "seconds": timer(), "seed": cfg.seed}
     out = {"result": result, "curve": curve, "cross": cross}
@@ -275,8 +291,8 @@ def _nominal(cfg: FinetuneConfig, paths: RunPaths, header: dict[str, Any], table
              train_hash: str, device: str) -> tuple[float, float]:
     """(acc_software, acc_nominal_chip) of model0 on this design, cached in ``nominal.json``."""
     out = paths.finetune_dir(cfg.tag, cfg.adc, cfg.wl_ratio) / "nominal.json"
-    key = config_hash({"train": train_hash, "eval_images": cfg.eval_images, "adc": cfg.adc,
-                       "geometry": table.geometry, "batch": cfg.batch})
+    key = config_hash({"train": train_hash, "eval_images": cfg.eval_images, "batch": cfg.batch,
+                       "cim": design_cim(header, table, cfg.adc).to_dict()})
     if out.is_file():
         try:
             doc = read_json(out, fix="it is recomputed")
