@@ -128,3 +128,58 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device!r}: use cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available to this torch build; use --device cpu")
+
+
+def add_attack_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
+    from pipeline.attack import ATTACKS, AttackConfig
+
+    d = AttackConfig()
+    a = sub.add_parser("attack", help="adversarial examples across chips: seed 001's cases 1-3, transfer matrix, "
+                                      "controls, adaptive EOT attacker")
+    a.add_argument("--run-dir", type=Path, required=True)
+    a.add_argument("--tag", required=True, help="train tag whose finetuned chips are attacked")
+    a.add_argument("--adc", required=True, help="flash | sar")
+    a.add_argument("--wl", type=float, required=True, help="SA W/L of the design")
+    a.add_argument("--attack", required=True, help=" | ".join(ATTACKS))
+    a.add_argument("--cases", type=int, nargs="+", default=list(d.cases), help="seed 001 cases (1 2 3)")
+    a.add_argument("--target-chip", type=int, default=d.target_chip, help="chip 1 of the seed (receives)")
+    a.add_argument("--source-chip", type=int, default=d.source_chip, help="chip 2 of the seed (attacked in case 3)")
+    a.add_argument("--transfer-chips", nargs="*", default=[], help="more chips for the transfer matrix, e.g. 0-9")
+    a.add_argument("--n-images", type=int, default=d.n_images, help="test images attacked (first N)")
+    a.add_argument("--confidence", type=float, default=d.confidence, help="C&W kappa")
+    a.add_argument("--eps", type=float, default=d.eps, help="L-inf radius of PGD / FGSM")
+    a.add_argument("--max-iterations", type=int, default=None, help="C&W steps per constant (1000) / PGD steps (10)")
+    a.add_argument("--binary-search-steps", type=int, default=d.binary_search_steps, help="C&W L2 (9)")
+    a.add_argument("--initial-const", type=float, default=None,
+                   help="C&W starting c (reference: 1e-3 L2/L0, 1e-5 Linf); raise it for short budgets")
+    a.add_argument("--eot", type=int, default=d.eot, help="adaptive attacker: EOT over K other finetuned chips")
+    a.add_argument("--sw-tag", default=None, help="control: another software model (train tag) as a target")
+    a.add_argument("--seed", type=int, default=d.seed)
+    a.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_exec_args(a)
+
+
+def run_attack(args: argparse.Namespace) -> None:
+    from pipeline.attack import AttackConfig, attack
+    from pipeline.executor import make_executor
+    from pipeline.finetune import parse_chips
+
+    cfg = AttackConfig(tag=args.tag, adc=args.adc, wl_ratio=args.wl, attack=args.attack, cases=tuple(args.cases),
+                       target_chip=args.target_chip, source_chip=args.source_chip,
+                       transfer_chips=parse_chips(args.transfer_chips) if args.transfer_chips else (),
+                       n_images=args.n_images, confidence=args.confidence, eps=args.eps,
+                       max_iterations=args.max_iterations, binary_search_steps=args.binary_search_steps,
+                       initial_const=args.initial_const,
+                       eot=args.eot, sw_tag=args.sw_tag, seed=args.seed)
+    _check_device(args.device)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be >= 1")
+    with make_executor(args.workers, args.scheduler) as ex, \
+            tqdm(total=len(cfg.sources()), desc=f"attack {cfg.name}", unit="source", disable=None) as bar:
+        res = attack(args.run_dir, cfg, ex, args.device, args.workers, lambda n, _t: bar.update(n - bar.n))
+    for case in ("case 1", "case 2", "case 3", "white-box"):
+        sel = res[res.case == case]
+        if len(sel):
+            r = sel.iloc[0]
+            log.info("attack %s %s: %s -> %s: accuracy %.4f -> %.4f", cfg.name, case, r.source, r.target,
+                     r.acc_before, r.acc_after)

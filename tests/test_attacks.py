@@ -25,6 +25,7 @@ def float_model():
             opt.zero_grad()
             loss.backward()
             opt.step()
+    model.zero_grad(set_to_none=True)
     model.eval()
     xt, yt = fashion_mnist(False, limit=200).tensors
     with torch.no_grad():
@@ -92,12 +93,12 @@ def test_cw_success_means_the_label_changed(float_model, attack):
 def test_cw_norms_follow_their_objectives(float_model):
     """L0 changes fewer pixels than L2; L-inf has the smallest largest change."""
     model, x, y = float_model
-    x, y = x[:4], y[:4]
-    a2 = CWL2(max_iterations=60, binary_search_steps=5)(model, x, y)
+    x, y = x[:6], y[:6]
+    a2 = CWL2(max_iterations=200, binary_search_steps=3, initial_const=1.0)(model, x, y)
     a0 = CWL0(max_iterations=30, initial_const=1e-1, largest_const=1e2)(model, x, y)
     ai = CWLinf(max_iterations=30, initial_const=1e-2, decrease_factor=0.7)(model, x, y)
     both = (_pred(model, a2) != y) & (_pred(model, a0) != y) & (_pred(model, ai) != y)
-    assert both.sum() >= 2
+    assert both.sum() >= 4
     n2, n0, ni = norms(a2, x), norms(a0, x), norms(ai, x)
     assert n0["l0"][both].median() < n2["l0"][both].median()
     assert ni["linf"][both].median() < n2["linf"][both].median()
@@ -105,6 +106,7 @@ def test_cw_norms_follow_their_objectives(float_model):
 
 def test_attacks_leave_the_model_alone_and_reject_bad_input(float_model):
     model, x, y = float_model
+    model.zero_grad(set_to_none=True)  # foolbox (the oracle tests) leaves parameter gradients behind
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     PGD(steps=2, seed=0)(model, x[:4], y[:4])

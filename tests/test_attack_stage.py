@@ -1,0 +1,79 @@
+"""The attack stage end to end on a tiny run: seed 001's cases, controls, the adaptive attacker, resume,
+determinism and bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.attack import AttackConfig, attack, read_results
+from pipeline.cli import main
+from pipeline.executor import make_executor
+from pipeline.finetune import FinetuneConfig, finetune
+
+ATTACK = {"tag": "tiny", "adc": "sar", "wl_ratio": 10.0, "attack": "cw-l2", "n_images": 24, "max_iterations": 20,
+          "binary_search_steps": 3, "initial_const": 1.0, "eot": 1}
+
+
+@pytest.fixture(scope="module")
+def attacked(trained_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("atk") / "run"
+    shutil.copytree(trained_run, run)
+    with make_executor(1) as ex:
+        finetune(run, FinetuneConfig(tag="tiny", adc="sar", wl_ratio=10.0, chips=(0, 1, 2), iters=10, batch=50,
+                                     lr=1e-3, eval_images=100, train_subset=600, cross_chips=0, bn_batches=0), ex)
+        res = attack(run, AttackConfig(**ATTACK), ex)
+    return run, res
+
+
+def test_cases_controls_and_outputs(attacked):
+    run, res = attacked
+    out = run / "attack/tiny/sar_wl10/cw-l2"
+    cases = set(res.case)
+    assert {"case 1", "case 2", "case 3", "white-box", "adaptive", "control: offsets only",
+            "control: software to nominal chip"} <= cases
+    wb = res[res.case == "white-box"].iloc[0]
+    assert wb.acc_after < wb.acc_before  # the attacked chip itself is fooled
+    assert res[res.source == "model0"].source_success.iloc[0] > 0.5
+    assert (res.l2_median.dropna() > 0).all() and (res.acc_after <= 1).all()
+    table = (out / "table1.md").read_text()
+    assert "Case 1: attack on chip1" in table and "seed 001" in table and "adaptive" in table
+    assert (out / "transfer.png").stat().st_size > 0 and (out.parent / "table2.md").is_file()
+    blob = torch.load(out / "adv_model0.pt", weights_only=True)
+    adv = blob["state_dict"]["adversarial"]
+    assert adv.shape == (24, 1, 28, 28) and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_rerun_reuses_sources_and_is_deterministic(attacked, tmp_path):
+    run, res = attacked
+    out = run / "attack/tiny/sar_wl10/cw-l2"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("adv_*.pt")}
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "attack")
+    with make_executor(1) as ex:
+        again = attack(run, AttackConfig(**ATTACK), ex)
+        fresh = attack(copy, AttackConfig(**ATTACK), ex)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("adv_*.pt")} == mtimes
+    pd.testing.assert_frame_equal(again, res)
+    pd.testing.assert_frame_equal(fresh, res)
+    pd.testing.assert_frame_equal(read_results(out / "results.parquet"), res)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--attack", "cw-l3"], "unknown attack 'cw-l3'"),
+    (["--attack", "pgd", "--eps", "0"], "eps=0.0 must be in (0, 1]"),
+    (["--attack", "pgd", "--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
+    (["--attack", "pgd", "--n-images", "0"], "n_images=0 must be a positive integer"),
+    (["--attack", "pgd", "--target-chip", "3"], "chip 3 of sar W/L=10 is not finetuned yet"),
+])
+def test_attack_bad_input(capsys, attacked, extra, needle):
+    run, _ = attacked
+    code = main(["attack", "--run-dir", str(run), "--tag", "tiny", "--adc", "sar", "--wl", "10", "--workers", "1",
+                 *extra])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("cimcosim: error:") and needle in line, line
+    assert not (run / "attack/tiny/sar_wl10/pgd_eps0.03").exists()
