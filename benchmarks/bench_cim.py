@@ -41,6 +41,46 @@ def _peak_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def matmul_bounds(cim: torch.nn.Module, x: torch.Tensor, dev: str, chunk_elements: int, reps: int,
+                  weight_bits: int = 2, input_bits: int = 8, rows: int = 128) -> tuple[float, float]:
+    """(the issue's work bound: one batched matmul per input bit-plane over all tiles, the engine's own
+    cache-sized chunked matmuls with the table-index row), timed with the model's shapes on ``x``."""
+    shapes = []
+    hooks = [m.register_forward_pre_hook(lambda m, inp: shapes.append((m, inp[0].shape))) for m in cim_layers(cim)]
+    with torch.no_grad():
+        cim(x)
+    for h in hooks:
+        h.remove()
+    mats, chunked = [], []
+    for m, shp in shapes:
+        if isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            ho = (shp[2] + 2 * m.padding[0] - kh) // m.stride[0] + 1
+            wo = (shp[3] + 2 * m.padding[1] - kw) // m.stride[1] + 1
+            rows_b = shp[0] * ho * wo
+        else:
+            rows_b = shp[0]
+        tiles = math.ceil(m._k / rows)
+        cols = weight_slices(weight_bits, 1) * 2 * m._n
+        mats.append((torch.rand(tiles, rows_b, rows, device=dev), torch.rand(tiles, rows, cols, device=dev)))
+        rows_c = min(rows_b, chunk_rows(tiles, input_bits, cols, chunk_elements))
+        n_chunks = math.ceil(rows_b / rows_c)
+        chunked.append((n_chunks, torch.rand(tiles, input_bits * rows_c, rows + 1, device=dev),
+                        torch.rand(tiles, rows + 1, cols, device=dev)))
+
+    def bound() -> None:  # the issue's work bound: one batched matmul per bit-plane over all tiles
+        for a, b in mats:
+            for _ in range(input_bits):
+                torch.bmm(a, b)
+
+    def bound_chunked() -> None:  # the engine's own matmuls (cache-sized chunks, + the table-index row)
+        for n_chunks, a, b in chunked:
+            for _ in range(n_chunks):
+                torch.bmm(a, b)
+
+    return _time(bound, dev, reps), _time(bound_chunked, dev, reps)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -73,42 +113,7 @@ def main() -> None:
         t_cim = _time(lambda: cim(x), dev, args.reps)
         rss_cim = _peak_gib(dev)  # before the work-bound tensors below are allocated
 
-    # Work bound: the engine's matmuls alone, same shapes, every CIM layer.
-    shapes = []
-    hooks = [m.register_forward_pre_hook(lambda m, inp: shapes.append((m, inp[0].shape))) for m in cim_layers(cim)]
-    with torch.no_grad():
-        cim(x)
-    for h in hooks:
-        h.remove()
-    mats, chunked = [], []
-    for m, shp in shapes:
-        if isinstance(m, torch.nn.Conv2d):
-            kh, kw = m.kernel_size
-            ho = (shp[2] + 2 * m.padding[0] - kh) // m.stride[0] + 1
-            wo = (shp[3] + 2 * m.padding[1] - kw) // m.stride[1] + 1
-            rows_b = shp[0] * ho * wo
-        else:
-            rows_b = shp[0]
-        tiles = math.ceil(m._k / 128)
-        cols = weight_slices(2, 1) * 2 * m._n
-        mats.append((torch.rand(tiles, rows_b, 128, device=dev), torch.rand(tiles, 128, cols, device=dev)))
-        rows_c = min(rows_b, chunk_rows(tiles, 8, cols, args.chunk_elements))
-        n_chunks = math.ceil(rows_b / rows_c)
-        chunked.append((n_chunks, torch.rand(tiles, 8 * rows_c, 129, device=dev),
-                        torch.rand(tiles, 129, cols, device=dev)))
-
-    def bound() -> None:  # the issue's work bound: one batched matmul per bit-plane over all tiles
-        for a, b in mats:
-            for _ in range(8):
-                torch.bmm(a, b)
-
-    def bound_chunked() -> None:  # the engine's own matmuls (cache-sized chunks, + the table-index row)
-        for n_chunks, a, b in chunked:
-            for _ in range(n_chunks):
-                torch.bmm(a, b)
-
-    t_chunk = _time(bound_chunked, dev, args.reps)
-    t_bound = _time(bound, dev, args.reps)
+    t_bound, t_chunk = matmul_bounds(cim, x, dev, args.chunk_elements, args.reps)
     xg = x.clone().requires_grad_(True)
 
     def fwd_grad() -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""Chip-in-the-loop costs on a real run (issues 8 and 9), measured in one run: median of ``--runs``.
+
+On chip ``--chip`` of a design of a finished ``train`` + ``chips`` run (model0 loaded on that chip's offsets):
+- a finetune step (forward on the chip with autograd, straight-through backward, AdamW step; the weights are
+  re-quantized by the next forward, as in the finetune stage) vs a CIM forward of the same batch (no grad);
+- one C&W L2 iteration (our CWL2, one binary-search step, no early abort, per-iteration cost) vs a CIM forward
+  + backward to the input of the same batch.
+Run: .venv/bin/python benchmarks/bench_chip_loop.py --run-dir runs/default --tag vgg8_fmnist --adc sar --wl 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from nn.attacks import CWL2
+from nn.training import cosine_lr, make_optimizer, train_steps
+from pipeline.checkpoint import load_checkpoint
+from pipeline.datasets import load_data
+from pipeline.deployments import Design
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--tag", default="vgg8_fmnist")
+    ap.add_argument("--adc", default="sar")
+    ap.add_argument("--wl", type=float, default=10.0)
+    ap.add_argument("--chip", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=200, help="finetune batch (the seed's 200)")
+    ap.add_argument("--attack-batch", type=int, default=100, help="C&W images (the attack stage's default 100)")
+    ap.add_argument("--cw-iterations", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    design = Design(args.run_dir, args.tag, args.adc, args.wl)
+    model = design.model(f"raw_c{args.chip}")
+    header, _ = load_checkpoint(design.paths.model0(args.tag), fix="run `cimcosim train` first")
+    data = load_data(header["data"], 2000, args.attack_batch)
+    x = data.x_train[:args.batch]
+    xa, ya = data.x_test, data.y_test
+    opt = make_optimizer(model, 1e-4, 0.0)
+    gen = torch.Generator().manual_seed(0)
+    print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
+          f"{torch.get_num_threads()} | {args.tag} on {args.adc} W/L={args.wl:g} chip {args.chip}, "
+          f"finetune batch {args.batch}, attack batch {len(xa)}")
+
+    def forward() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def step() -> None:
+        train_steps(model, opt, data.x_train, data.y_train, steps=1, batch=args.batch, generator=gen,
+                    lr_at=lambda s: cosine_lr(1e-4, s, 100))
+
+    def fwd_bwd() -> None:
+        model.eval()
+        xg = xa.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(xg), ya).backward()
+        model.zero_grad(set_to_none=True)
+
+    cw = CWL2(max_iterations=args.cw_iterations, binary_search_steps=1, abort_early=False)
+    for fn in (forward, step, fwd_bwd):
+        fn()  # warm-up (numba compilation, weight packing)
+    t: dict[str, list[float]] = {"forward": [], "step": [], "fwd_bwd": [], "cw_iter": []}
+    for _ in range(args.runs):
+        t["forward"].append(_timed(forward))
+        t["step"].append(_timed(step))
+        t["fwd_bwd"].append(_timed(fwd_bwd))
+        model.eval()
+        t["cw_iter"].append(_timed(lambda: cw(model, xa, ya)) / args.cw_iterations)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    for k, v in t.items():
+        print(f"{k:>8}: median {med[k]:.3f} s  ({', '.join(f'{s:.3f}' for s in v)})")
+    print(f"RESULT finetune_step_vs_cim_forward={med['step'] / med['forward']:.2f}")
+    print(f"RESULT cw_iteration_vs_cim_fwd_bwd={med['cw_iter'] / med['fwd_bwd']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
