@@ -1,0 +1,68 @@
+"""Bit-flip attack: progressive bit search vs random flips on a tiny trained model; stored-bit bookkeeping."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from nn.attacks.bfa import BFA, StoredBits, random_flips
+from nn.convert import set_digital
+from nn.training import accuracy
+from pipeline.checkpoint import load_model
+from pipeline.datasets import load_data
+
+
+@pytest.fixture(scope="module")
+def victim(trained_run):
+    model, header = load_model(trained_run / "train/tiny/model0.pt", fix="retrain")
+    set_digital(model, True)  # plain model0 runs (and was trained) on the digital path
+    data = load_data(header["data"], 600, 300)
+    return model.eval(), data
+
+
+def _stored(bits: StoredBits) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(p.clone(), n.clone()) for p, n in zip(bits.pos, bits.neg, strict=True)]
+
+
+def test_every_flip_changes_exactly_one_stored_bit(victim):
+    model, _ = victim
+    model = copy.deepcopy(model)
+    bits = StoredBits(model)
+    before = [m.weight.detach().clone() for m in bits.layers]
+    state = _stored(bits)
+    flips = random_flips(model, 25, torch.Generator().manual_seed(3), bits)
+    changed = sum(bin(int(v)).count("1") for (p, n), (p0, n0) in zip(zip(bits.pos, bits.neg, strict=True), state,
+                                                                     strict=True)
+                  for v in torch.cat([(p ^ p0).reshape(-1), (n ^ n0).reshape(-1)]) if v)
+    assert len(flips) == 25 and changed <= 25  # a bit flipped twice cancels
+    for f in flips:
+        assert abs(f.value_after - f.value_before) == 2**f.bit or (f.polarity == "sign"
+                                                                   and f.value_after == -f.value_before)
+    # the layers' weights hold exactly the stored integers times the frozen scale
+    for i, m in enumerate(bits.layers):
+        ints = m.weight.detach() / m.frozen_weight_scale
+        assert torch.allclose(ints, bits.values(i).to(ints.dtype), atol=1e-4)
+        q = 2 ** (bits.bits[i] - 1) - 1 if bits.bits[i] > 1 else 1
+        assert int(bits.values(i).abs().max()) <= q
+    assert any(not torch.equal(b, m.weight) for b, m in zip(before, bits.layers, strict=True))
+
+
+def test_bfa_beats_random_flips(victim):
+    model, data = victim
+    x, y = data.x_train[:64], data.y_train[:64]
+
+    def evaluate(m: torch.nn.Module) -> float:
+        return accuracy(m, data.x_test, data.y_test, batch=300)
+
+    clean = evaluate(model)
+    attacked = copy.deepcopy(model)
+    losses = []
+    flips, acc, reached = BFA(max_flips=30, target_acc=0.15).run(attacked, x, y, evaluate,
+                                                                 on_flip=lambda f, loss, a: losses.append(loss))
+    assert clean > 0.3 and reached and acc <= 0.15 and 0 < flips <= 30
+    assert losses == sorted(losses)  # each iteration keeps a flip only if it raises the attack loss
+    rand = copy.deepcopy(model)
+    random_flips(rand, flips, torch.Generator().manual_seed(0))
+    assert evaluate(rand) > acc + 0.15  # the same number of random flips barely hurts
