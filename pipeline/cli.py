@@ -49,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chips", help="per-chip ADC offset tables, validated against full-ADC SPICE")
     _add_chips_args(ch)
 
-    from pipeline.cli_nn import add_attack_parser, add_finetune_parser, add_train_parser
+    from pipeline.cli_nn import add_attack_parser, add_bfa_parser, add_finetune_parser, add_train_parser
 
     add_train_parser(sub)
     add_finetune_parser(sub, _add_exec_args)
     add_attack_parser(sub, _add_exec_args)
+    add_bfa_parser(sub, _add_exec_args)
 
     r = sub.add_parser("run", help="characterize -> fit -> chips with default settings (the main job)")
     r.add_argument("--run-dir", type=Path, required=True)
@@ -158,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.cli_nn import run_attack
 
             run_attack(args)
+        elif args.command == "bfa":
+            from pipeline.cli_nn import run_bfa
+
+            run_bfa(args)
     except _USER_ERRORS as exc:
         print(f"cimcosim: error: {exc}", file=sys.stderr)
         return 2

@@ -183,3 +183,37 @@ def run_attack(args: argparse.Namespace) -> None:
             r = sel.iloc[0]
             log.info("attack %s %s: %s -> %s: accuracy %.4f -> %.4f", cfg.name, case, r.source, r.target,
                      r.acc_before, r.acc_after)
+
+
+def add_bfa_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
+    from pipeline.bfa import BFAConfig
+
+    d = BFAConfig()
+    b = sub.add_parser("bfa", help="bit-flip attack (progressive bit search) on a trained model0, beside random flips")
+    b.add_argument("--run-dir", type=Path, required=True)
+    b.add_argument("--tag", required=True, help="train tag whose model0 is attacked")
+    b.add_argument("--runs", type=int_arg, default=d.runs)
+    b.add_argument("--attack-batch", type=int_arg, default=d.attack_batch)
+    b.add_argument("--max-flips", type=int_arg, default=d.max_flips)
+    b.add_argument("--target-acc", type=float, default=d.target_acc)
+    b.add_argument("--eval-images", type=int_arg, default=d.eval_images)
+    b.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise per partial sum (chip path)")
+    b.add_argument("--seed", type=int_arg, default=d.seed)
+    add_exec_args(b)
+
+
+def run_bfa(args: argparse.Namespace) -> None:
+    from pipeline.bfa import BFAConfig, bfa
+    from pipeline.executor import make_executor
+
+    cfg = BFAConfig(tag=args.tag, runs=args.runs, attack_batch=args.attack_batch, max_flips=args.max_flips,
+                    target_acc=args.target_acc, eval_images=args.eval_images, noise_sigma_psum=args.noise_sigma,
+                    seed=args.seed)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be >= 1")
+    with make_executor(min(args.workers, cfg.runs), args.scheduler) as ex:
+        res = bfa(args.run_dir, cfg, ex, args.workers)
+    for method, g in res.groupby("method"):
+        log.info("bfa %s %s: flips %.1f +- %.1f (reached %d/%d), accuracy %.4f -> %.4f", cfg.tag, method,
+                 g.flips.mean(), g.flips.std(ddof=0), int(g.reached.sum()), len(g), g.acc_before.mean(),
+                 g.acc_after.mean())

@@ -66,3 +66,36 @@ def test_bfa_beats_random_flips(victim):
     rand = copy.deepcopy(model)
     random_flips(rand, flips, torch.Generator().manual_seed(0))
     assert evaluate(rand) > acc + 0.15  # the same number of random flips barely hurts
+
+
+def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("finetune", "attack", "bfa"))
+    args = ["bfa", "--run-dir", str(run), "--tag", "tiny", "--runs", "2", "--max-flips", "8", "--eval-images", "200",
+            "--attack-batch", "32", "--target-acc", "0.15", "--workers", "1"]
+    assert main(args) == 0
+    out = run / "bfa/tiny"
+    res = pd.read_parquet(out / "results.parquet")
+    flips = pd.read_parquet(out / "flips.parquet")
+    assert set(res.method) == {"bfa", "random"} and sorted(res.run.unique()) == [0, 1]
+    for (r, method), g in flips.groupby(["run", "method"]):
+        row = res[(res.run == r) & (res.method == method)].iloc[0]
+        assert len(g) == row.flips <= 8 and g.acc.iloc[-1] == row.acc_after
+    assert (out / "bfa.png").stat().st_size > 0
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert main(args) == 0  # finished runs are reused
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == mtimes
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), res)
+    capsys.readouterr()
+    for bad, needle in ((["--runs", "0"], "runs=0 must be a positive integer"),
+                        (["--target-acc", "2"], "target_acc=2.0 must be in [0, 1]"),
+                        (["--tag", "nope"], "no model0 for tag 'nope'")):
+        assert main([*args, *bad]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("cimcosim: error:") and needle in line, line

@@ -1,0 +1,213 @@
+"""Stage ``bfa``: the bit-flip attack on a trained model0 (seed 000 Sec. III.E, Fig. 6), beside random flips.
+
+Each run r draws its own attack batch from the training images (the attacker's data; SeedSequence of the
+root seed, stage and run) and attacks a fresh copy of model0 on its own path (digital for a plain model0;
+the chip path when it was trained with noise or partial-sum quantization, or when ``noise_sigma_psum``
+adds per-inference Gaussian noise here): :class:`nn.attacks.BFA` until the test accuracy on the first
+``eval_images`` test images is at or below ``target_acc`` or ``max_flips`` bits are flipped. The baseline
+flips ``max_flips`` random stored bits one at a time with the accuracy after each. One executor task per run;
+each writes ``runs/run_<r>.json`` atomically, so a rerun skips finished runs whose settings match.
+
+Outputs under ``RUN/bfa/<tag>/``: ``results.parquet`` (run, method = bfa | random, flips, acc_before,
+acc_after, reached), ``flips.parquet`` (every flip: run, method, flip, layer, weight_index, bit, polarity,
+loss, acc), ``bfa.png`` (accuracy vs flips).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from concurrent.futures import Executor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from nn.attacks.bfa import BFA, StoredBits, random_flips
+from nn.convert import cim_layers, set_digital
+from nn.training import accuracy
+from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
+from pipeline.checkpoint import load_model
+from pipeline.config import ConfigError, config_hash
+from pipeline.datasets import load_data
+from pipeline.paths import RunPaths
+
+logger = logging.getLogger(__name__)
+
+STAGE_BFA = 6
+FIX_TRAIN = "run `cimcosim train` for this tag first"
+
+RESULTS = pa.schema([
+    pa.field("run", pa.int32()), pa.field("method", pa.string()), pa.field("flips", pa.int64()),
+    pa.field("acc_before", pa.float64()), pa.field("acc_after", pa.float64()), pa.field("reached", pa.bool_()),
+    pa.field("path", pa.string()), pa.field("noise_sigma_psum", pa.float64()),
+])
+FLIPS = pa.schema([
+    pa.field("run", pa.int32()), pa.field("method", pa.string()), pa.field("flip", pa.int64()),
+    pa.field("layer", pa.string()), pa.field("weight_index", pa.int64()), pa.field("bit", pa.int32()),
+    pa.field("polarity", pa.string()), pa.field("loss", pa.float64()), pa.field("acc", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class BFAConfig:
+    """Configuration of one ``bfa`` run (every field is hashed into the outputs)."""
+
+    tag: str = "vgg8_fmnist"
+    """Train tag whose model0 is attacked."""
+    runs: int = 5
+    """Independent attacks (attack batches), as the seed's 5."""
+    attack_batch: int = 128
+    """Training images the attacker computes the loss on (the reference's 128)."""
+    max_flips: int = 100
+    """Bit flips at most per run (BFA and the random baseline)."""
+    target_acc: float = 0.11
+    """Stop once the test accuracy is at or below this (random guess on 10 classes + 1 %)."""
+    eval_images: int = 1000
+    """Test images of every accuracy (the first N)."""
+    noise_sigma_psum: float = 0.0
+    """Per-inference Gaussian noise on every partial sum (partial-sum units) during the attack and the test;
+    > 0 puts model0 on its chip path."""
+    seed: int = 1
+    """Root seed (attack batches, random flips, noise draws)."""
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "attack_batch", "max_flips", "eval_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name}={v!r} must be a positive integer")
+        if not (math.isfinite(self.target_acc) and 0 <= self.target_acc <= 1):
+            raise ConfigError(f"target_acc={self.target_acc!r} must be in [0, 1]")
+        if not (math.isfinite(self.noise_sigma_psum) and self.noise_sigma_psum >= 0):
+            raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
+
+
+def model0_on_its_path(path: Path, noise_sigma_psum: float = 0.0) -> tuple[torch.nn.Module, dict[str, Any], bool]:
+    """(model0, header, chip path?): digital for a plain model0, the chip path for one trained with noise or
+    partial-sum quantization (as it was trained and tested) or when noise is added here."""
+    def cim(header: dict[str, Any]) -> Any:
+        from nn import CIMConfig
+
+        c = CIMConfig.from_dict(header["cim"])
+        return replace(c, adc=replace(c.adc, noise_sigma=noise_sigma_psum)) if noise_sigma_psum > 0 else c
+
+    model, header = load_model(path, fix=FIX_TRAIN, kind="model0", cim=cim)
+    t = header["config"]
+    chip = bool(t.get("psq") or t.get("noise_sigma_psum") or t.get("noise_table") or noise_sigma_psum > 0)
+    set_digital(model, not chip)
+    return model.eval(), header, chip
+
+
+def _run_dir(run_dir: Path, tag: str) -> Path:
+    return Path(run_dir) / "bfa" / tag
+
+
+def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dict[str, Any]:
+    """One run (executor task): BFA and the random baseline on fresh copies of model0."""
+    torch.set_num_threads(threads)
+    paths = RunPaths(Path(run_dir))
+    ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_BFA, r))
+    seeds = [int(v >> 1) for v in ss.generate_state(3, np.uint64)]
+    model, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)
+    data = load_data(header["data"], None, cfg.eval_images)
+    gen = torch.Generator().manual_seed(seeds[0])
+    idx = torch.randperm(len(data.x_train), generator=gen)[:cfg.attack_batch]
+    x, y = data.x_train[idx], data.y_train[idx]
+
+    def evaluate(m: torch.nn.Module) -> float:
+        for layer in cim_layers(m):
+            layer.set_noise_seed(seeds[2])  # the same noise draws for every evaluation of this run
+        return accuracy(m, data.x_test, data.y_test, batch=500)
+
+    before = evaluate(model)
+    rows: list[dict[str, Any]] = []
+    flips: list[dict[str, Any]] = []
+
+    counts: dict[str, int] = {}
+
+    def record(method: str) -> Any:
+        def on_flip(f: Any, loss: float, acc: float) -> None:
+            counts[method] = counts.get(method, 0) + 1
+            flips.append({"run": r, "method": method, "flip": counts[method], "layer": f.layer,
+                          "weight_index": f.weight_index, "bit": f.bit, "polarity": f.polarity, "loss": loss,
+                          "acc": acc})
+        return on_flip
+
+    attacked = copy.deepcopy(model)
+    n, acc, reached = BFA(cfg.max_flips, cfg.target_acc).run(attacked, x, y, evaluate, record("bfa"))
+    rows.append({"run": r, "method": "bfa", "flips": n, "acc_before": before, "acc_after": acc, "reached": reached})
+    rand, rgen = copy.deepcopy(model), torch.Generator().manual_seed(seeds[1])
+    bits, on_flip, acc, k = StoredBits(rand), record("random"), before, 0
+    while acc > cfg.target_acc and k < cfg.max_flips:
+        f = random_flips(rand, 1, rgen, bits)[0]
+        k += 1
+        acc = evaluate(rand)
+        on_flip(f, math.nan, acc)
+    rows.append({"run": r, "method": "random", "flips": k, "acc_before": before, "acc_after": acc,
+                 "reached": acc <= cfg.target_acc})
+    for row in rows:
+        row.update(path="chip" if chip else "digital", noise_sigma_psum=cfg.noise_sigma_psum)
+    out = {"key": key, "rows": rows, "flips": flips}
+    write_json(_run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.json", out)
+    logger.info("bfa %s run %d: BFA %d flips -> %.4f; random %d flips -> %.4f", cfg.tag, r, n, rows[0]["acc_after"],
+                k, acc)
+    return out
+
+
+def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> pd.DataFrame:
+    """Run (or reuse) every run, write the tables and the plot; returns the results table."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.model0(cfg.tag).is_file():
+        raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
+    model, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)
+    del model
+    key = config_hash({"bfa": asdict(cfg), "model0": header["sha256"]})
+    out_dir = _run_dir(Path(run_dir), cfg.tag)
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    done: dict[int, dict[str, Any]] = {}
+    pending = {}
+    for r in range(cfg.runs):
+        path = out_dir / "runs" / f"run_{r}.json"
+        if path.is_file():
+            try:
+                doc = read_json(path, fix="it is recomputed")
+                if doc.get("key") == key:
+                    done[r] = doc
+                    continue
+            except ArtifactError as exc:
+                logger.warning("%s", exc)
+        pending[executor.submit(bfa_run, str(run_dir), cfg, r, key, threads)] = r
+    for future in as_completed(pending):
+        done[pending[future]] = future.result()
+    results = pd.DataFrame([row for r in sorted(done) for row in done[r]["rows"]])
+    flips = pd.DataFrame([f for r in sorted(done) for f in done[r]["flips"]], columns=FLIPS.names)
+    meta = {"stage": "bfa", "config": asdict(cfg), "config_hash": key, "seed": cfg.seed, "versions": versions()}
+    write_table(results, out_dir / "results.parquet", RESULTS, meta)
+    write_table(flips, out_dir / "flips.parquet", FLIPS, meta)
+    _plot(results, flips, out_dir / "bfa.png", cfg)
+    return results
+
+
+def _plot(results: pd.DataFrame, flips: pd.DataFrame, path: Path, cfg: BFAConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (run, method), g in flips.groupby(["run", "method"]):
+        start = results[(results.run == run) & (results.method == method)].acc_before.iloc[0]
+        ax.plot([0, *g.flip], [start, *g.acc], color="C3" if method == "bfa" else "C0", alpha=0.7,
+                label=method if run == flips.run.min() else None)
+    ax.axhline(cfg.target_acc, color="k", ls=":", lw=1)
+    ax.set(xlabel="bit flips", ylabel="test accuracy", title=f"BFA vs random flips: {cfg.tag}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
