@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"cimcosim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable or invalid --run-dir, a full disk, a vanished file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"cimcosim: error: cannot access{where}: {exc.strerror or exc}; check that --run-dir is a writable "
+              "directory with free space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cimcosim: interrupted; finished chunks are kept, re-run the same command to resume", file=sys.stderr)
         return 130

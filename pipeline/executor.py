@@ -12,6 +12,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from pipeline.config import ConfigError
+
 
 class InlineExecutor(Executor):
     """Runs each submitted call immediately in this process (``--workers 1``; easiest to debug)."""
@@ -41,7 +43,8 @@ def make_executor(workers: int, scheduler: str | None = None) -> Iterator[Execut
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
-            raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it (`dask scheduler`) "
+                              "and its workers, or drop --scheduler to run locally") from exc
         try:
             yield client.get_executor()
         finally:

@@ -128,3 +128,11 @@ def test_kill_9_loses_only_the_chip_in_flight(run):
     assert main(cmd[3:]) == 0  # the same command again: resumes
     assert (design / "chip_0.pt").stat().st_mtime_ns == mtime
     assert all((design / f"chip_{k}.pt").exists() for k in range(3)) and (design / "results.parquet").exists()
+
+
+def test_run_dir_that_is_not_a_directory_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, line = _err(capsys, ["train", "--run-dir", str(blocker / "run"), "--model", "test_vgg", "--subset", "50",
+                               "--test-subset", "20", "--epochs", "1"])
+    assert code == 2 and line.startswith("cimcosim: error: cannot access") and "writable directory" in line, line
