@@ -14,6 +14,7 @@ from nn.attacks.cw_linf import CWLinf
 from nn.attacks.eot import EOT
 from nn.attacks.fgsm import FGSM
 from nn.attacks.pgd import PGD
+from nn.attacks.substitute import Substitute
 
 __all__ = ["BFA", "CWL0", "CWL2", "EOT", "FGSM", "PGD", "Attack", "AttackError", "CWLinf",
-           "StoredBits", "norms", "random_flips"]
+           "StoredBits", "Substitute", "norms", "random_flips"]
