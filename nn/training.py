@@ -15,11 +15,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from nn.attacks import Attack
+if TYPE_CHECKING:  # nn.attacks.substitute trains with these loops: no import cycle at run time
+    from nn.attacks import Attack
 
 logger = logging.getLogger(__name__)
 
