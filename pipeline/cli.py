@@ -105,7 +105,8 @@ def _characterize(cfg: CharacterizeConfig, args: argparse.Namespace) -> None:
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
-    with make_executor(args.workers, args.scheduler) as ex, tqdm(desc="characterize", unit="chunk") as bar:
+    with make_executor(args.workers, args.scheduler) as ex, \
+            tqdm(desc="characterize", unit="chunk", disable=None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done
