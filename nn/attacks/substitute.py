@@ -41,8 +41,9 @@ class Substitute(Attack):
         gen = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(self.images), generator=gen)
         train, hold = order[n_hold:], order[:n_hold]
-        torch.manual_seed(self.seed)
-        sub = self.make_substitute().to(self.images.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
+            torch.manual_seed(self.seed)
+            sub = self.make_substitute().to(self.images.device)
         opt = make_optimizer(sub, self.lr, 5e-4)
         steps = self.epochs * max(1, len(train) // self.batch)
         train_steps(sub, opt, self.images[train], labels[train], steps=steps, batch=min(self.batch, len(train)),
