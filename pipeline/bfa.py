@@ -36,12 +36,12 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import load_model
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import load_data
+from pipeline.finetune import FIX_TRAIN
 from pipeline.paths import RunPaths
 
 logger = logging.getLogger(__name__)
 
 STAGE_BFA = 6
-FIX_TRAIN = "run `cimcosim train` for this tag first"
 
 RESULTS = pa.schema([
     pa.field("run", pa.int32()), pa.field("method", pa.string()), pa.field("flips", pa.int64()),
@@ -165,8 +165,7 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     paths = RunPaths(Path(run_dir))
     if not paths.model0(cfg.tag).is_file():
         raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
-    model, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)
-    del model
+    _, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
     key = config_hash({"bfa": asdict(cfg), "model0": header["sha256"]})
     out_dir = _run_dir(Path(run_dir), cfg.tag)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
