@@ -14,6 +14,7 @@ from circuits.ngspice import NgspiceUnavailable, SimulationError
 from circuits.technology import TechnologyError
 from pipeline.artifacts import ArtifactError
 from pipeline.chips import ChipsConfig
+from pipeline.cli_nn import bars_off
 from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError
 
 log = logging.getLogger("cimcosim")
@@ -30,6 +31,7 @@ def _add_exec_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cimcosim", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("characterize", help="ngspice Monte Carlo of the SA and 5-bit Flash/SAR ADCs")
     d = CharacterizeConfig()
@@ -49,19 +51,37 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chips", help="per-chip ADC offset tables, validated against full-ADC SPICE")
     _add_chips_args(ch)
 
-    from pipeline.cli_nn import add_attack_parser, add_bfa_parser, add_finetune_parser, add_train_parser
+    from pipeline.cli_nn import (
+        add_attack_parser,
+        add_bfa_parser,
+        add_finetune_parser,
+        add_study_noise_parser,
+        add_train_parser,
+    )
+    from pipeline.graph import STAGE_NAMES
 
     add_train_parser(sub)
     add_finetune_parser(sub, _add_exec_args)
     add_attack_parser(sub, _add_exec_args)
     add_bfa_parser(sub, _add_exec_args)
+    add_study_noise_parser(sub, _add_exec_args)
 
-    r = sub.add_parser("run", help="characterize -> fit -> chips with default settings (the main job)")
+    r = sub.add_parser("run", help="the whole graph: characterize -> fit -> chips, train -> finetune -> attack, "
+                                   "noise study -> report (resumable; unchanged stages are skipped)")
     r.add_argument("--run-dir", type=Path, required=True)
-    r.add_argument("--samples", type=int, default=d.samples, help="MC samples per reference and W/L")
-    r.add_argument("--seed", type=int, default=d.seed)
-    r.add_argument("--n-chips", type=int, default=ChipsConfig().n_chips)
-    _add_exec_args(r)
+    r.add_argument("--preset", default="quick", help="quick (the default, minutes) | paper (the seeds' scale)")
+    r.add_argument("--config", type=Path, default=None, help="a TOML file over the preset (copy a preset to start)")
+    r.add_argument("--until", default=None, help="stop after this stage: " + " | ".join(STAGE_NAMES))
+    r.add_argument("--workers", type=int, default=None, help="local worker processes ([run] workers)")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
+    r.add_argument("--device", default=None, help="cpu | cuda (network stages)")
+    r.add_argument("--seed", type=int, default=None, help="root seed ([run] seed)")
+    r.add_argument("--samples", type=int, default=None, help="MC samples per reference and W/L")
+    r.add_argument("--n-chips", type=int, default=None, help="chips per design")
+    r.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only, no bars")
+
+    rep = sub.add_parser("report", help="DIR/report/: index.html, report.md, summary.json from what the run holds")
+    rep.add_argument("--run-dir", type=Path, required=True)
     return parser
 
 
@@ -106,7 +126,7 @@ def _characterize(cfg: CharacterizeConfig, args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \
-            tqdm(desc="characterize", unit="chunk", disable=None) as bar:
+            tqdm(desc="characterize", unit="chunk", disable=bars_off()) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done
@@ -129,16 +149,37 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    _characterize(CharacterizeConfig(samples=args.samples, seed=args.seed), args)
-    _fit(args)
-    _chips(args.run_dir, ChipsConfig(n_chips=args.n_chips, seed=args.seed))
+    from pipeline.artifacts import atomic_write
+    from pipeline.graph import run_graph
+    from pipeline.runconfig import resolve, to_toml
+
+    flags = {"run": {"seed": args.seed, "workers": args.workers, "scheduler": args.scheduler, "device": args.device},
+             "characterize": {"samples": args.samples}, "chips": {"n_chips": args.n_chips}}
+    overrides = {s: {k: v for k, v in body.items() if v is not None} for s, body in flags.items()}
+    cfg = resolve(args.preset, args.config, {s: b for s, b in overrides.items() if b})
+    if cfg.values["run"]["workers"] < 1:
+        raise ConfigError(f"workers={cfg.values['run']['workers']} must be >= 1")
+    from pipeline.cli_nn import _check_device
+
+    _check_device(cfg.values["run"]["device"])
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    text = to_toml(cfg)
+    atomic_write(args.run_dir / "config.toml", lambda tmp: Path(tmp).write_text(text))
+    manifest = run_graph(args.run_dir, cfg, until=args.until, quiet=args.quiet)
+    total = sum(v.get("seconds", 0) or 0 for v in manifest["stages"].values())
+    log.warning("run: %d stages in %s (%.0f s of stage time) -> %s", len(manifest["stages"]), args.run_dir, total,
+                args.run_dir / "report" / "index.html")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cimcosim`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:
+        import pipeline.cli_nn
+
+        pipeline.cli_nn.QUIET = True
     try:
         if args.command == "characterize":
             _characterize(_characterize_config(args), args)
@@ -164,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.cli_nn import run_bfa
 
             run_bfa(args)
+        elif args.command == "study-noise":
+            from pipeline.cli_nn import run_study_noise
+
+            run_study_noise(args)
+        elif args.command == "report":
+            from pipeline.report import report
+
+            log.info("report: %(sections)d sections -> %(path)s", report(args.run_dir))
     except _USER_ERRORS as exc:
         print(f"cimcosim: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,14 @@ from pipeline.config import ConfigError
 
 log = logging.getLogger("cimcosim")
 
+QUIET = False
+"""Set by ``--quiet``: no progress bars (and warnings only in the log)."""
+
+
+def bars_off() -> bool | None:
+    """tqdm's ``disable``: True when quiet, else None (a bar on a terminal, none in a log file)."""
+    return True if QUIET else None
+
 
 def int_arg(text: str) -> int:
     try:
@@ -64,7 +72,7 @@ def run_train(args: argparse.Namespace) -> None:
                        adv_steps=args.adv_steps)
     _threads(args.workers)
     _check_device(args.device)
-    with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=None) as bar:
+    with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=bars_off()) as bar:
         doc = train(args.run_dir, cfg, args.tag, args.device, progress=lambda n, _t: bar.update(n - bar.n))
     log.info("train: test_acc %.4f -> %s", doc["test_acc"], args.run_dir / "train" / (args.tag or cfg.model))
 
@@ -107,7 +115,7 @@ def run_finetune(args: argparse.Namespace) -> None:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \
             tqdm(total=len(cfg.chips), desc=f"finetune {cfg.adc} W/L={cfg.wl_ratio:g}", unit="chip",
-                 disable=None) as bar:
+                 disable=bars_off()) as bar:
         res = finetune(args.run_dir, cfg, ex, args.device, args.workers, lambda n, _t: bar.update(n - bar.n))
     log.info("finetune %s %s W/L=%g: software %.4f, nominal chip %.4f, chips before %.4f -> after %.4f (mean of "
              "%d; BatchNorm re-estimation alone %.4f), model1 %.4f", cfg.tag, cfg.adc, cfg.wl_ratio,
@@ -175,7 +183,7 @@ def run_attack(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \
-            tqdm(total=len(cfg.sources()), desc=f"attack {cfg.name}", unit="source", disable=None) as bar:
+            tqdm(total=len(cfg.sources()), desc=f"attack {cfg.name}", unit="source", disable=bars_off()) as bar:
         res = attack(args.run_dir, cfg, ex, args.device, args.workers, lambda n, _t: bar.update(n - bar.n))
     for case in ("case 1", "case 2", "case 3", "white-box"):
         sel = res[res.case == case]
@@ -217,3 +225,56 @@ def run_bfa(args: argparse.Namespace) -> None:
         log.info("bfa %s %s: flips %.1f +- %.1f (reached %d/%d), accuracy %.4f -> %.4f", cfg.tag, method,
                  g.flips.mean(), g.flips.std(ddof=0), int(g.reached.sum()), len(g), g.acc_before.mean(),
                  g.acc_after.mean())
+
+
+def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
+    from pipeline.study_noise import PSQ_NAMES, StudyNoiseConfig
+
+    d = StudyNoiseConfig()
+    s = sub.add_parser("study-noise", help="seed 000: IMC noise and partial-sum quantization as a defence (Table II, "
+                                           "Figs. 3-6): trains the grid, black-box/white-box PGD, BFA")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--model", default=d.model, help=f"registered model ({d.model})")
+    s.add_argument("--data", default=d.data, help="fashion-mnist | cifar10:FOLDER")
+    s.add_argument("--bits", type=int_arg, nargs="+", default=list(d.bits), help="weight = activation bits (1 2 4)")
+    s.add_argument("--noise", type=float, nargs="+", default=list(d.noise),
+                   help="Gaussian noise sigmas, partial-sum units (0 1 2 4)")
+    s.add_argument("--noise-table", default="", help="a measured P(code | psum) CSV: one more noise level")
+    s.add_argument("--psq", nargs="+", default=list(d.psq), help=" ".join(PSQ_NAMES))
+    s.add_argument("--adv-train", nargs="+", default=["no", "yes"], choices=["no", "yes"])
+    s.add_argument("--runs", type=int_arg, default=d.runs, help="PGD runs and BFA runs per cell (5)")
+    s.add_argument("--subset", type=int_arg, default=None, help="training images per cell (all)")
+    s.add_argument("--test-subset", type=int_arg, default=d.test_subset)
+    s.add_argument("--epochs", type=int_arg, default=d.epochs)
+    s.add_argument("--batch", type=int_arg, default=d.batch)
+    s.add_argument("--adv-steps", type=int_arg, default=d.adv_steps, help="PGD steps of adversarial training (10)")
+    s.add_argument("--attack-images", type=int_arg, default=d.attack_images)
+    s.add_argument("--attacker-images", type=int_arg, default=d.attacker_images)
+    s.add_argument("--eot", type=int_arg, default=d.eot, help="noise draws per white-box gradient")
+    s.add_argument("--bfa-max-flips", type=int_arg, default=d.bfa_max_flips)
+    s.add_argument("--seed", type=int_arg, default=d.seed)
+    add_exec_args(s)
+
+
+def run_study_noise(args: argparse.Namespace) -> None:
+    from pipeline.executor import make_executor
+    from pipeline.study_noise import StudyNoiseConfig, study_noise
+
+    cfg = StudyNoiseConfig(model=args.model, data=args.data, bits=tuple(args.bits), noise=tuple(args.noise),
+                           noise_table=args.noise_table, psq=tuple(args.psq),
+                           adv_train=tuple(dict.fromkeys(a == "yes" for a in args.adv_train)), runs=args.runs,
+                           subset=args.subset, test_subset=args.test_subset, epochs=args.epochs, batch=args.batch,
+                           adv_steps=args.adv_steps, attack_images=args.attack_images,
+                           attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
+                           seed=args.seed)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be >= 1")
+    with make_executor(args.workers, args.scheduler) as ex, \
+            tqdm(desc="study-noise", unit="cell", disable=bars_off()) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        res = study_noise(args.run_dir, cfg, ex, args.workers, progress)
+    log.info("study-noise: %d cells -> %s (clean %.3f, black-box PGD %.3f, white-box PGD %.3f)", res.tag.nunique(),
+             args.run_dir / "study_noise", res.clean_acc.mean(), res.bb_pgd_acc.mean(), res.wb_pgd_acc.mean())

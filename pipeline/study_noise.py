@@ -1,0 +1,297 @@
+"""Seed 000's study: IMC noise and partial-sum quantization (PSQ) as a defence (Table II, Figs. 3-6).
+
+The grid is the union of what each figure needs, not the full product of every flag:
+
+- Fig. 3 and Table II: every weight/activation precision x every noise level x both training kinds
+  (clean / PGD adversarial), no PSQ;
+- Fig. 4: ideal vs noisy 3.5-bit PSQ, adversarially trained, per precision;
+- Fig. 5: every PSQ scheme x (no noise, the reference noise), no adversarial training, per precision;
+- Fig. 6: BFA flips to random guess for baseline, IMC noise (3.5-bit PSQ + noise), binary input split
+  (1-bit PSQ) and binary input split + noise, per precision.
+
+The reference noise (the seed's "measured at 0.6 V") is the user's noise table when one is given, else the
+largest Gaussian sigma. Each cell is trained through the train stage (tag ``sn_...``, resumable and skipped
+when finished) and then attacked in one executor task: clean accuracy, black-box PGD through a
+full-precision substitute (seed 000 Sec. III.D; ``runs`` PGD runs on one substitute), white-box PGD with
+EOT over the noise (straight-through gradients through the ADC, so obfuscated gradients are not mistaken
+for robustness), and for Fig. 6's cells the bit-flip attack (``runs`` runs, through the bfa stage).
+Noise levels are Gaussian sigmas in partial-sum units (one on-cell = 1), the unit the CIM layers use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from concurrent.futures import Executor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from nn import create_model, list_models
+from nn.attacks import EOT, PGD, Substitute
+from nn.convert import cim_layers
+from nn.training import accuracy
+from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
+from pipeline.config import ConfigError, config_hash
+from pipeline.datasets import check_spec, load_data
+
+logger = logging.getLogger(__name__)
+
+STAGE_NOISE = 7
+PSQ_NAMES = ("none", "1bit", "2bit", "3.5bit")
+
+RESULTS = pa.schema([
+    pa.field("model", pa.string()), pa.field("bits", pa.int32()), pa.field("noise", pa.string()),
+    pa.field("psq", pa.string()), pa.field("adv_train", pa.bool_()), pa.field("run", pa.int32()),
+    pa.field("clean_acc", pa.float64()), pa.field("bb_pgd_acc", pa.float64()), pa.field("wb_pgd_acc", pa.float64()),
+    pa.field("bfa_flips", pa.float64()), pa.field("substitute_agreement", pa.float64()),
+    pa.field("tag", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class StudyNoiseConfig:
+    """Configuration of ``study-noise`` (every field is hashed into the outputs)."""
+
+    model: str = "resnet18_fmnist"
+    """Registered model trained for every cell (seed 000: ResNet-18)."""
+    data: str = "fashion-mnist"
+    """Dataset of every cell."""
+    bits: tuple[int, ...] = (1, 2, 4)
+    """Weight and activation precisions (both the same, as the seed)."""
+    noise: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    """Gaussian noise levels, sigma in partial-sum units, in training and test (0: ideal)."""
+    noise_table: str = ""
+    """A measured P(code | psum) CSV as one more noise level (and the reference); empty: none."""
+    psq: tuple[str, ...] = PSQ_NAMES
+    """Partial-sum schemes: none (uniform ADC of ``adc_bits``) and seed 000 Table I's."""
+    adv_train: tuple[bool, ...] = (False, True)
+    """Training kinds: clean, PGD adversarial (eps 0.03, 2/255, 10 iterations)."""
+    runs: int = 5
+    """PGD runs per cell (black-box and white-box) and BFA runs per Fig. 6 cell."""
+    subset: int | None = None
+    """Training images per cell (the first N; the attacker's images are the last ``attacker_images``)."""
+    test_subset: int | None = 2000
+    """Test images of each cell's training curve."""
+    epochs: int = 10
+    batch: int = 128
+    lr: float = 2e-3
+    attack_images: int = 500
+    """Test images attacked per cell (the first N)."""
+    attacker_images: int = 5000
+    """Training images the black-box attacker labels with the target (the last N of the training split)."""
+    substitute_epochs: int = 5
+    eot: int = 8
+    """Noise draws the white-box attacker averages per gradient (1 on a noise-free cell)."""
+    adv_steps: int = 10
+    """PGD iterations of adversarial training (the seed's 10)."""
+    bfa_max_flips: int = 100
+    bfa_attack_batch: int = 128
+    bfa_eval_images: int = 1000
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r}; available: {', '.join(list_models())}")
+        check_spec(self.data)
+        if not self.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in self.bits):
+            raise ConfigError(f"bits={list(self.bits)} must be integers in 1..8")
+        if not self.noise or any(not (math.isfinite(s) and s >= 0) for s in self.noise):
+            raise ConfigError(f"noise={list(self.noise)} must be sigmas >= 0 (partial-sum units)")
+        unknown = set(self.psq) - set(PSQ_NAMES)
+        if unknown or not self.psq:
+            raise ConfigError(f"psq: unknown scheme(s) {sorted(unknown)}; choose from {', '.join(PSQ_NAMES)}")
+        if not self.adv_train:
+            raise ConfigError("adv_train is empty; give false, true or both")
+        for name in ("runs", "epochs", "batch", "adv_steps", "attack_images", "attacker_images", "substitute_epochs",
+                     "eot", "bfa_max_flips", "bfa_attack_batch", "bfa_eval_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name}={v!r} must be a positive integer")
+        if self.noise_table:
+            from pipeline.noise_table import read_noise_table
+
+            read_noise_table(self.noise_table)  # a bad table fails here, before anything is trained
+
+    @property
+    def levels(self) -> list[str]:
+        """Noise labels: each sigma as text, and 'table' for the noise table."""
+        return [f"{s:g}" for s in self.noise] + (["table"] if self.noise_table else [])
+
+    @property
+    def reference(self) -> str:
+        """The reference noise of Figs. 4-6 (the seed's measured chip noise)."""
+        return "table" if self.noise_table else f"{max(self.noise):g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model of the study."""
+
+    bits: int
+    noise: str
+    psq: str
+    adv: bool
+    bfa: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"sn_b{self.bits}_n{self.noise}_{self.psq.replace('.', 'p')}_{'adv' if self.adv else 'std'}"
+
+
+def cells(cfg: StudyNoiseConfig) -> list[Cell]:
+    """The union of the cells each figure needs (see the module docstring), in a stable order."""
+    ref, zero = cfg.reference, f"{0.0:g}"
+    want: dict[tuple[int, str, str, bool], bool] = {}
+
+    def add(b: int, n: str, p: str, a: bool, bfa: bool = False) -> None:
+        if p in cfg.psq and a in cfg.adv_train and (n in cfg.levels or n == zero):
+            want[(b, n, p, a)] = want.get((b, n, p, a), False) or bfa
+
+    for b in cfg.bits:
+        for n in cfg.levels:
+            for a in cfg.adv_train:
+                add(b, n, "none", a)  # Fig. 3, Table II
+        for n in (zero, ref):
+            add(b, n, "3.5bit", True)  # Fig. 4
+            for p in cfg.psq:
+                add(b, n, p, False)  # Fig. 5
+        add(b, zero, "none", False, bfa=True)  # Fig. 6: baseline, IMC, Bin. IS, Bin. IS IMC
+        add(b, ref, "3.5bit", False, bfa=True)
+        add(b, zero, "1bit", False, bfa=True)
+        add(b, ref, "1bit", False, bfa=True)
+    return [Cell(b, n, p, a, bfa) for (b, n, p, a), bfa in want.items()]
+
+
+def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
+    from pipeline.train import train_config
+
+    noise: dict[str, Any] = {}
+    if cell.noise == "table":
+        noise["noise_table"] = cfg.noise_table
+    elif float(cell.noise) > 0:
+        noise["noise_sigma_psum"] = float(cell.noise)
+    act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
+    return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
+                        psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,
+                        subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
+                        lr=cfg.lr, seed=cfg.seed, **act, **noise)
+
+
+def _seeds(cfg: StudyNoiseConfig, cell: Cell, n: int) -> list[int]:
+    ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_NOISE, int(config_hash(cell.tag)[:8], 16)))
+    return [int(v >> 1) for v in ss.generate_state(n, np.uint64)]
+
+
+def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads: int) -> list[dict[str, Any]]:
+    """Train (or reuse) one cell's model and attack it (one executor task); returns its result rows."""
+    from pipeline.bfa import BFAConfig, bfa, model0_on_its_path
+    from pipeline.executor import InlineExecutor
+    from pipeline.paths import RunPaths
+    from pipeline.train import train
+
+    torch.set_num_threads(threads)
+    paths = RunPaths(Path(run_dir))
+    train(Path(run_dir), train_cfg(cfg, cell), tag=cell.tag)
+    model, header, chip = model0_on_its_path(paths.model0(cell.tag))
+    n_attacker = cfg.attacker_images
+    data = load_data(cfg.data, None, cfg.attack_images)
+    if n_attacker >= len(data.x_train):
+        raise ConfigError(f"attacker_images={n_attacker} must be below the {len(data.x_train)} training images")
+    x, y = data.x_test, data.y_test
+    seeds = _seeds(cfg, cell, 2 + 2 * cfg.runs)
+
+    def noise_seed(s: int) -> None:
+        for layer in cim_layers(model):
+            layer.set_noise_seed(s)
+
+    noise_seed(seeds[0])
+    clean = accuracy(model, x, y, batch=250)
+
+    sub = Substitute(_float_twin(header), data.x_train[-n_attacker:], epochs=cfg.substitute_epochs,
+                     batch=cfg.batch, seed=seeds[1])
+    sub.fit(model)
+    noisy = chip and cell.noise != f"{0.0:g}"
+    rows = []
+    for r in range(cfg.runs):
+        sub.attack = PGD(seed=seeds[2 + r])
+        noise_seed(seeds[0])
+        bb = accuracy(model, sub(model, x, y), y, batch=250)
+        wb_attack = PGD(seed=seeds[2 + cfg.runs + r])
+        adv = EOT(wb_attack, samples=cfg.eot)(model, x, y) if noisy else wb_attack(model, x, y)
+        noise_seed(seeds[0])
+        wb = accuracy(model, adv, y, batch=250)
+        rows.append({"model": cfg.model, "bits": cell.bits, "noise": cell.noise, "psq": cell.psq,
+                     "adv_train": cell.adv, "run": r, "clean_acc": clean, "bb_pgd_acc": bb, "wb_pgd_acc": wb,
+                     "bfa_flips": math.nan, "substitute_agreement": sub.agreement, "tag": cell.tag})
+    if cell.bfa:
+        res = bfa(Path(run_dir), BFAConfig(tag=cell.tag, runs=cfg.runs, attack_batch=cfg.bfa_attack_batch,
+                                           max_flips=cfg.bfa_max_flips, eval_images=cfg.bfa_eval_images,
+                                           seed=cfg.seed), InlineExecutor(), 1)
+        flips = res[res.method == "bfa"].sort_values("run").flips.to_numpy()
+        for row, f in zip(rows, flips, strict=False):
+            row["bfa_flips"] = float(f)
+    write_json(_cell_path(Path(run_dir), cell), {"key": key, "rows": rows})
+    logger.info("study-noise %s: clean %.3f, black-box PGD %.3f, white-box PGD %.3f%s", cell.tag, clean,
+                np.mean([r["bb_pgd_acc"] for r in rows]), np.mean([r["wb_pgd_acc"] for r in rows]),
+                f", BFA {np.mean([r['bfa_flips'] for r in rows]):.1f} flips" if cell.bfa else "")
+    return rows
+
+
+def _float_twin(header: dict[str, Any]) -> Any:
+    """A maker of the full-precision model of ``header``'s architecture (the black-box attacker's substitute)."""
+    from pipeline.checkpoint import ACTIVATIONS
+
+    name, classes, chans, act = header["model"], int(header["num_classes"]), int(header["in_chans"]), header["act"]
+    return lambda: create_model(name, num_classes=classes, in_chans=chans, act_layer=ACTIVATIONS[act])
+
+
+def _cell_path(run_dir: Path, cell: Cell) -> Path:
+    return run_dir / "study_noise" / "cells" / f"{cell.tag}.json"
+
+
+def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, workers: int = 1,
+                progress: Any = None) -> pd.DataFrame:
+    """Train and attack every cell (finished cells are reused), write the tables and the figures."""
+    from pipeline.plots_noise import write_figures
+
+    grid = cells(cfg)
+    for cell in grid:  # every cell's settings are checked before anything is trained
+        try:
+            train_cfg(cfg, cell)
+        except ConfigError as exc:
+            raise ConfigError(f"study-noise cell {cell.tag}: {exc}") from exc
+    key = config_hash({"study_noise": asdict(cfg)})
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    done: dict[Cell, list[dict[str, Any]]] = {}
+    pending = {}
+    for cell in grid:
+        path = _cell_path(Path(run_dir), cell)
+        if path.is_file():
+            try:
+                doc = read_json(path, fix="the cell is re-attacked")
+                if doc.get("key") == key:
+                    done[cell] = doc["rows"]
+                    continue
+            except ArtifactError as exc:
+                logger.warning("%s", exc)
+        pending[executor.submit(run_cell, str(run_dir), cfg, cell, key, threads)] = cell
+    if progress:
+        progress(len(done), len(grid))
+    for future in as_completed(pending):
+        done[pending[future]] = future.result()
+        if progress:
+            progress(len(done), len(grid))
+    results = pd.DataFrame([row for cell in grid for row in done[cell]])
+    out = Path(run_dir) / "study_noise"
+    meta = {"stage": "study_noise", "config": asdict(cfg), "config_hash": key, "seed": cfg.seed,
+            "versions": versions()}
+    write_table(results, out / "results.parquet", RESULTS, meta)
+    write_figures(results, cfg, out, meta)
+    return results
