@@ -171,6 +171,15 @@ def _run(args: argparse.Namespace) -> None:
                 args.run_dir / "report" / "index.html")
 
 
+def _writable(run_dir: Path) -> None:
+    """Fail before any long work when the run folder cannot be created or written (an OSError, reported as one
+    line by ``main``): a bad --run-dir must not cost an epoch of training first."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / f".write_probe_{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cimcosim`` console script."""
     args = _parser().parse_args(argv)
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline.cli_nn.QUIET = True
     try:
+        _writable(args.run_dir)
         if args.command == "characterize":
             _characterize(_characterize_config(args), args)
         elif args.command == "fit":

@@ -223,9 +223,9 @@ def noise_study_sections(run: Path) -> list[Section]:
                            ("fig5", "Input splitting x noise", "seed 000 Fig. 5"),
                            ("fig6", "BFA flips to random guess", "seed 000 Fig. 6")):
         tab = _read(d / f"{n}.parquet")
-        s = Section(f"noise_{n}", title, seed, status="ok" if tab is not None and len(tab) else "not in this grid",
-                    figures=_figs(run, f"study_noise/{n}.png"), how=how)
+        s = Section(f"noise_{n}", title, seed, status="not in this grid", how=how)
         if tab is not None and len(tab):
+            s.status, s.figures = "ok", _figs(run, f"study_noise/{n}.png")
             metric = "bfa_flips" if n == "fig6" else "bb_pgd_acc"
             sel = tab[tab.metric == metric]
             s.numbers = {f"{r.series}, {r.bits}-bit": {"mean": r["mean"], "std": r["std"], "n": int(r.n)}

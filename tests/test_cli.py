@@ -72,10 +72,11 @@ def test_missing_ngspice_names_setup_script(tmp_path):
 
 
 @pytest.mark.spice
-def test_run_command_chains_all_stages(capsys, tmp_path):
-    """The README's main job, on a tiny sample count."""
+def test_run_until_chips_chains_the_circuit_stages(capsys, tmp_path):
+    """The circuit half of the README's main job, on a tiny sample count (tests/test_run_graph.py runs it all)."""
     run = tmp_path / "r"
-    assert main(["run", "--run-dir", str(run), "--samples", "2", "--n-chips", "2", "--workers", "2"]) == 0
+    argv = ["run", "--run-dir", str(run), "--samples", "2", "--n-chips", "2", "--workers", "2", "--until", "chips"]
+    assert main(argv) == 0
     for rel in ("characterize/pass_rate.parquet", "fit/offset_model.json", "chips/offsets.parquet",
                 "chips/validation.json"):
         assert (run / rel).is_file(), rel
@@ -83,3 +84,15 @@ def test_run_command_chains_all_stages(capsys, tmp_path):
     assert code == 2 and "n_chips=0 must be a positive integer" in line
     code, line = _err(capsys, ["fit", "--run-dir", str(tmp_path / "empty")])
     assert code == 2 and "cimcosim characterize" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["characterize"], ["run"], ["train", "--model", "test_vgg", "--subset", "200"], ["report"],
+    ["study-noise", "--model", "test_resnet", "--bits", "4"],
+])
+def test_run_dir_that_cannot_be_created_fails_before_any_work(capsys, tmp_path, argv):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a folder cannot be made inside a regular file, as root or not
+    code, line = _err(capsys, [argv[0], "--run-dir", str(blocker / "run"), *argv[1:]])
+    assert code == 2 and line.startswith("cimcosim: error: cannot access") and "--run-dir" in line
+    assert blocker.read_text() == ""

@@ -1,0 +1,84 @@
+"""The noise study's grid, its figure tables, and its bad-input errors (the study itself runs for real in
+tests/test_run_graph.py's tiny graph)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.plots_noise import figure_tables, table2_markdown
+from pipeline.study_noise import StudyNoiseConfig, cells, train_cfg
+
+EXAMPLE = Path(__file__).parents[1] / "pipeline" / "examples" / "noise_table_psq1bit_synthetic.csv"
+
+
+def test_grid_is_the_union_of_what_each_figure_needs():
+    cfg = StudyNoiseConfig(bits=(1, 4), noise=(0.0, 2.0), psq=("none", "1bit", "3.5bit"))
+    grid = {(c.bits, c.noise, c.psq, c.adv): c.bfa for c in cells(cfg)}
+    for b in (1, 4):
+        for n in ("0", "2"):
+            for a in (False, True):
+                assert (b, n, "none", a) in grid  # Fig. 3 / Table II
+            assert (b, n, "3.5bit", True) in grid  # Fig. 4
+            for p in ("none", "1bit", "3.5bit"):
+                assert (b, n, p, False) in grid  # Fig. 5
+        assert grid[(b, "0", "none", False)] and grid[(b, "2", "3.5bit", False)]  # Fig. 6
+        assert grid[(b, "0", "1bit", False)] and grid[(b, "2", "1bit", False)]
+        assert (b, "0", "1bit", True) not in grid  # no figure asks for adversarially trained 1-bit PSQ
+    assert sum(grid.values()) == 8
+    assert len({c.tag for c in cells(cfg)}) == len(grid)
+
+
+def test_each_cell_trains_what_it_names():
+    cfg = StudyNoiseConfig(model="test_resnet", bits=(1, 2), noise=(0.0, 1.5), psq=("none", "2bit"))
+    for c in cells(cfg):
+        t = train_cfg(cfg, c)
+        assert t.weight_bits == t.input_bits == c.bits
+        assert t.noise_sigma_psum == float(c.noise) and t.adv_train == c.adv
+        assert t.psq == (None if c.psq == "none" else c.psq)
+        assert t.act == ("relu" if c.bits == 1 else "celu")  # binary activations are {0, 1}
+
+
+def test_figure_tables_average_over_runs():
+    cfg = StudyNoiseConfig(bits=(1,), noise=(0.0, 1.0), psq=("none", "1bit"), runs=2)
+    rows = []
+    for c in cells(cfg):
+        for r in range(2):
+            rows.append({"model": "m", "bits": c.bits, "noise": c.noise, "psq": c.psq, "adv_train": c.adv, "run": r,
+                         "clean_acc": 0.8, "bb_pgd_acc": 0.2 + 0.1 * r + (0.05 if c.noise == "1" else 0),
+                         "wb_pgd_acc": 0.01, "bfa_flips": float(10 + r) if c.bfa else np.nan,
+                         "substitute_agreement": 0.9, "tag": c.tag})
+    tabs = figure_tables(pd.DataFrame(rows), cfg)
+    f3 = tabs["fig3"]
+    noisy = f3[(f3.series == "noise 1") & (f3.metric == "bb_pgd_acc")].iloc[0]
+    assert noisy["mean"] == pytest.approx(0.30) and noisy["std"] == pytest.approx(0.05) and noisy.n == 2
+    f6 = tabs["fig6"][tabs["fig6"].metric == "bfa_flips"]
+    assert set(f6.series) == {"baseline", "Bin. IS", "Bin. IS IMC"}  # no 3.5-bit PSQ in this grid: no "IMC"
+    assert (f6["mean"] == 10.5).all()
+    md = table2_markdown(tabs["table2"], cfg)
+    assert "| 1 | 80.0 | 30.0 | 1.0 |" in md
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--bits", "0"], "bits=[0] must be integers in 1..8"),
+    (["--bits", "9"], "must be integers in 1..8"),
+    (["--runs", "0"], "runs=0 must be a positive integer"),
+    (["--psq", "4bit"], "unknown scheme(s) ['4bit']"),
+    (["--noise", "-1"], "must be sigmas >= 0"),
+    (["--noise-table", "__ROWS__"], "sum to 1"),
+    (["--noise-table", str(EXAMPLE), "--psq", "none"], "study-noise cell"),  # a 1-bit-PSQ table on a 5-bit ADC
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):
+    if "__ROWS__" in argv:
+        bad = tmp_path / "bad.csv"
+        bad.write_text("psum,p0,p1\n0,0.5,0.6\n1,0.5,0.5\n")
+        argv = [a.replace("__ROWS__", str(bad)) for a in argv]
+    run = tmp_path / "run"
+    assert main(["study-noise", "--run-dir", str(run), "--model", "test_resnet", "--workers", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (run / "train").exists() and not (run / "study_noise").exists()
