@@ -292,8 +292,12 @@ def report(run_dir: Path) -> dict[str, Any]:
             local.append(f"fig/{name}")
         s.figures = local
     manifest = _json(run / "manifest.json") or {}
-    stages = {k: {"status": v.get("status"), "seconds": v.get("seconds"), "summary": v.get("summary")}
-              for k, v in manifest.get("stages", {}).items()}
+    from pipeline.graph import STAGE_NAMES
+
+    done = manifest.get("stages", {})
+    order = [k for k in STAGE_NAMES if k in done] + sorted(set(done) - set(STAGE_NAMES))
+    stages = {k: {"status": "this report" if k == "report" else done[k].get("status"),
+                  "seconds": done[k].get("seconds"), "summary": done[k].get("summary")} for k in order}
     summary = {"run_dir": str(run), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_tag": tag,
                "stages": stages, "sections": [s.__dict__ for s in sections]}
     write_json(out / "summary.json", summary)
