@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.artifacts import ArtifactError, read_json, write_json
+from pipeline.graph import STAGE_NAMES
 from pipeline.report_html import to_html
 
 log = logging.getLogger(__name__)
@@ -292,10 +293,8 @@ def report(run_dir: Path) -> dict[str, Any]:
             local.append(f"fig/{name}")
         s.figures = local
     manifest = _json(run / "manifest.json") or {}
-    from pipeline.graph import STAGE_NAMES
-
     done = manifest.get("stages", {})
-    order = [k for k in STAGE_NAMES if k in done] + sorted(set(done) - set(STAGE_NAMES))
+    order = [k for k in STAGE_NAMES if k in done]
     stages = {k: {"status": "this report" if k == "report" else done[k].get("status"),
                   "seconds": done[k].get("seconds"), "summary": done[k].get("summary")} for k in order}
     summary = {"run_dir": str(run), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "train_tag": tag,
