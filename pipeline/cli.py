@@ -150,7 +150,7 @@ def _fit(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from pipeline.artifacts import atomic_write
-    from pipeline.graph import run_graph
+    from pipeline.graph import last_stage, run_graph
     from pipeline.runconfig import resolve, to_toml
 
     flags = {"run": {"seed": args.seed, "workers": args.workers, "scheduler": args.scheduler, "device": args.device},
@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace) -> None:
     from pipeline.cli_nn import _check_device
 
     _check_device(cfg.values["run"]["device"])
+    last_stage(args.until)  # a bad --until fails before config.toml is written
     args.run_dir.mkdir(parents=True, exist_ok=True)
     text = to_toml(cfg)
     atomic_write(args.run_dir / "config.toml", lambda tmp: Path(tmp).write_text(text))

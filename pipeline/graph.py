@@ -235,13 +235,18 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
     return bool(entry.get("outputs"))
 
 
+def last_stage(until: str | None) -> int:
+    """Index of the last stage to run (``until`` None: all); an unknown name is a ConfigError."""
+    if until is not None and until not in STAGE_NAMES:
+        raise ConfigError(f"--until {until!r}: choose a stage from {', '.join(STAGE_NAMES)}")
+    return STAGE_NAMES.index(until) if until else len(STAGES) - 1
+
+
 def run_graph(run_dir: Path, cfg: RunConfig, until: str | None = None, quiet: bool = False,
               on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """Run every stage up to ``until`` (all by default), skipping those whose config, inputs and outputs are
     unchanged; returns the manifest. ``on_stage(name, 'ran' | 'skipped')`` is told each decision."""
-    if until is not None and until not in STAGE_NAMES:
-        raise ConfigError(f"--until {until!r}: choose a stage from {', '.join(STAGE_NAMES)}")
-    stop = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+    stop = last_stage(until)
     ctx = Context(Path(run_dir), cfg, quiet)
     manifest = read_manifest(run_dir)
     entries: dict[str, Any] = manifest["stages"]
