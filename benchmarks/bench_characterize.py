@@ -43,9 +43,10 @@ from pipeline.seeds import KIND_COMPARATOR, draw_mismatch
 WL, REF, BITS = 10.0, 15, 3
 
 
-def naive_run(deck: str, workdir: Path) -> int:
-    """One ngspice -b process for one (sample, level); returns the decision."""
-    meas = ".meas tran vo FIND v(out_0) AT=1.5e-9\n.meas tran vob FIND v(outb_0) AT=1.5e-9\n"
+def naive_run(deck: str, workdir: Path, t_read_s: float = 0.99 * SenseTiming().t_stop_s) -> int:
+    """One ngspice -b process for one (sample, level); returns the decision read at ``t_read_s``."""
+    at = f"{t_read_s:.4g}"
+    meas = f".meas tran vo FIND v(out_0) AT={at}\n.meas tran vob FIND v(outb_0) AT={at}\n"
     head, _, _ = deck.rpartition(".end")
     path = workdir / "deck.sp"
     path.write_text(head + meas + ".end\n")

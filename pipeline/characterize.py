@@ -1,8 +1,10 @@
 """Stage ``characterize``: ngspice Monte Carlo of the SA and of 5-bit Flash/SAR ADCs.
 
 Inputs: a :class:`CharacterizeConfig`. Outputs (under ``RUN/characterize/``): ``samples.parquet``,
-``currents.parquet``, ``pass_rate.parquet``, ``adc_codes.parquet``, ``pass_rate.png``,
-``adc_codes.png``, ``manifest.json``; finished chunks under ``chunks/`` make re-runs resume.
+``currents.parquet``, ``pass_rate.parquet``, ``adc_codes.parquet``, ``sar_offsets.parquet`` (each SAR SA's
+offset at every reference) and ``sar_offset_corr.png``, ``validation_codes.parquet`` (held-out chips, with
+``validation_chips``), ``pass_rate.png``, ``adc_codes.png``, ``manifest.json``; finished chunks under
+``chunks/`` make re-runs resume.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from circuits.technology import load_technology
 from pipeline import schemas
 from pipeline.artifacts import ArtifactError, read_table, versions, write_json, write_table
 from pipeline.config import CharacterizeConfig, config_hash
-from pipeline.montecarlo import STATUS_FAILED, STATUS_OK, ChunkTask, SpiceContext, run_chunk
+from pipeline.montecarlo import COMPARATOR_KINDS, STATUS_FAILED, STATUS_OK, ChunkTask, SpiceContext, run_chunk
 from pipeline.paths import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -57,13 +59,26 @@ def plan_tasks(cfg: CharacterizeConfig) -> list[ChunkTask]:
     tasks: list[ChunkTask] = []
     n_levels = cfg.bitline.n_levels
     sar_chunk = max(1, cfg.chunk_size // n_levels)
-    for wl in cfg.wl_ratios:
+
+    def per_ref(kind: str, wl: float, n: int) -> None:
         for ref in range(cfg.bitline.rows):
-            for start in range(0, cfg.samples, cfg.chunk_size):
-                tasks.append(ChunkTask("sa", wl, ref, start, min(start + cfg.chunk_size, cfg.samples)))
+            for start in range(0, n, cfg.chunk_size):
+                tasks.append(ChunkTask(kind, wl, ref, start, min(start + cfg.chunk_size, n)))
+
+    def conversions(kind: str, wl: float, n: int) -> None:
+        for start in range(0, n, sar_chunk):
+            tasks.append(ChunkTask(kind, wl, -1, start, min(start + sar_chunk, n)))
+
+    n_val = cfg.validation_chips
+    for wl in cfg.wl_ratios:
+        per_ref("sa", wl, cfg.samples)
         if "sar" in cfg.adc:
-            for start in range(0, cfg.samples, sar_chunk):
-                tasks.append(ChunkTask("sar", wl, -1, start, min(start + sar_chunk, cfg.samples)))
+            conversions("sar", wl, cfg.samples)
+            per_ref("sar_sa", wl, cfg.samples)
+        if n_val and "flash" in cfg.adc:
+            per_ref("flash_val", wl, n_val)
+        if n_val and "sar" in cfg.adc:
+            conversions("sar_val", wl, n_val)
     return tasks
 
 
@@ -136,7 +151,7 @@ def add_trip_currents(samples: pd.DataFrame, currents: pd.DataFrame) -> pd.DataF
     samples["offset_a"] = np.nan
     for wl in samples.wl_ratio.unique():
         x, cur = _curve(currents, wl)
-        sel = (samples.wl_ratio == wl) & (samples.circuit == "sa")
+        sel = (samples.wl_ratio == wl) & samples.circuit.isin(list(COMPARATOR_KINDS))
         trip = samples.loc[sel, "trip_level"].to_numpy()
         iref = np.interp(samples.loc[sel, "ref_index"].to_numpy() + 0.5, x, cur)
         itrip = np.where(np.isfinite(trip), np.interp(trip, x, cur), np.nan)
@@ -173,11 +188,12 @@ def pass_rates(samples: pd.DataFrame, currents: pd.DataFrame, rows: int) -> pd.D
     return pd.DataFrame(out)
 
 
-def adc_codes(samples: pd.DataFrame, rows: int) -> pd.DataFrame:
-    """Output code per chip and input level: Flash from the comparator samples, SAR from its conversions."""
+def adc_codes(samples: pd.DataFrame, rows: int, comparators: str = "sa", conversions: str = "sar") -> pd.DataFrame:
+    """Output code per chip and input level: Flash from the comparator samples (``circuit == comparators``;
+    chip c = sample c of every reference), SAR from its conversions (``circuit == conversions``)."""
     frames = []
     tech = samples.technology.iloc[0]
-    comp = samples[samples.circuit == "sa"]
+    comp = samples[samples.circuit == comparators]
     for wl in sorted(comp.wl_ratio.unique()):
         sub = comp[comp.wl_ratio == wl].pivot(index="sample", columns="ref_index", values="decisions")
         bad = comp[(comp.wl_ratio == wl)].pivot(index="sample", columns="ref_index", values="status") == STATUS_FAILED
@@ -191,13 +207,47 @@ def adc_codes(samples: pd.DataFrame, rows: int) -> pd.DataFrame:
             "level": np.tile(levels, len(sub)), "code": code.ravel(),
             "status": np.repeat(np.where(chip_bad, STATUS_FAILED, STATUS_OK), rows + 1),
         }))
-    sar = samples[samples.circuit == "sar"]
+    sar = samples[samples.circuit == conversions]
+    if not frames and not len(sar):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in schemas.ADC_CODES.names})
     if len(sar):
         frames.append(pd.DataFrame({
             "technology": sar.technology, "adc": "sar", "wl_ratio": sar.wl_ratio, "chip": sar["sample"],
             "level": sar.level, "code": sar.code, "status": sar.status,
         }))
     return pd.concat(frames, ignore_index=True).sort_values(["adc", "wl_ratio", "chip", "level"], ignore_index=True)
+
+
+def sar_offset_vectors(samples: pd.DataFrame, currents: pd.DataFrame, resolution_bits: int) -> pd.DataFrame:
+    """Each SAR SA's offset at every reference, from the ``sar_sa`` rows. A censored trip point (the SA
+    decides the same way over the whole input range) is put at the edge of the bisection grid, which
+    converts the same as any point beyond it."""
+    vec = samples[samples.circuit == "sar_sa"].copy()
+    if not len(vec):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in schemas.SAR_OFFSETS.names})
+    scale = 1 << resolution_bits
+    edge = (vec.trip_index.to_numpy() - 0.5) / scale
+    level = np.where(vec.censor == "none", vec.trip_level.to_numpy(), edge)
+    offset_a = vec.offset_a.to_numpy().copy()
+    for wl in vec.wl_ratio.unique():
+        x, cur = _curve(currents, wl)
+        sel = (vec.wl_ratio == wl).to_numpy() & ~np.isfinite(offset_a)
+        iref = np.interp(vec.ref_index.to_numpy()[sel] + 0.5, x, cur)
+        offset_a[sel] = np.interp(level[sel], x, cur) - iref
+    return pd.DataFrame({
+        "technology": vec.technology, "wl_ratio": vec.wl_ratio, "sample": vec["sample"],
+        "ref_index": vec.ref_index.astype(np.int32), "trip_level": level, "censor": vec.censor,
+        "offset_a": offset_a, "offset_lsb": level - (vec.ref_index.to_numpy() + 0.5), "status": vec.status,
+    }).sort_values(["wl_ratio", "sample", "ref_index"], ignore_index=True)
+
+
+def offset_correlation(vectors: pd.DataFrame, wl: float) -> np.ndarray:
+    """Sample correlation [ref, ref] of one SA's offsets (amperes) across references; censored and failed
+    entries are left out pair by pair."""
+    sub = vectors[(vectors.wl_ratio == wl)]
+    val = sub.offset_a.where((sub.censor == "none") & (sub.status != STATUS_FAILED))
+    wide = sub.assign(v=val).pivot(index="sample", columns="ref_index", values="v")
+    return wide.corr(min_periods=3).to_numpy()
 
 
 def characterize(
@@ -224,13 +274,33 @@ def characterize(
     codes = adc_codes(samples, cfg.bitline.rows)
     if "flash" not in cfg.adc:
         codes = codes[codes.adc != "flash"]
+    vectors = sar_offset_vectors(samples, currents, cfg.resolution_bits)
 
     write_table(currents, paths.currents, schemas.CURRENTS, meta)
     write_table(samples, paths.samples, schemas.SAMPLES, meta)
     write_table(rates, paths.pass_rate, schemas.PASS_RATE, meta)
     write_table(codes, paths.adc_codes, schemas.ADC_CODES, meta)
+    outputs = [paths.samples, paths.currents, paths.pass_rate, paths.adc_codes, paths.pass_rate_png,
+               paths.adc_codes_png]
+    correlation: dict[str, float] = {}
+    from pipeline.plots import plot_adc_codes, plot_offset_correlation, plot_pass_rate
 
-    from pipeline.plots import plot_adc_codes, plot_pass_rate
+    if len(vectors):
+        write_table(vectors, paths.sar_offsets, schemas.SAR_OFFSETS, meta)
+        mats = {float(wl): offset_correlation(vectors, wl) for wl in cfg.wl_ratios}
+        for wl, m in mats.items():
+            off = m[~np.eye(len(m), dtype=bool)]
+            correlation[f"wl{wl:g}"] = float(np.nanmedian(off)) if np.isfinite(off).any() else float("nan")
+        plot_offset_correlation(mats, paths.sar_offset_corr_png)
+        outputs += [paths.sar_offsets, paths.sar_offset_corr_png]
+    else:
+        paths.sar_offsets.unlink(missing_ok=True)
+    if cfg.validation_chips:
+        val = adc_codes(samples, cfg.bitline.rows, comparators="flash_val", conversions="sar_val")
+        write_table(val, paths.validation_codes, schemas.ADC_CODES, meta)
+        outputs.append(paths.validation_codes)
+    else:
+        paths.validation_codes.unlink(missing_ok=True)
 
     plot_pass_rate(rates, paths.pass_rate_png)
     plot_adc_codes(codes, paths.adc_codes_png)
@@ -241,9 +311,8 @@ def characterize(
     )
     write_json(paths.characterize_manifest, {
         **meta, "config": cfg.to_dict(), "technology": ctx.tech.to_dict(), "ngspice": ngspice_version(),
-        "summary": asdict(summary),
-        "outputs": {p.name: str(p.relative_to(paths.root)) for p in (
-            paths.samples, paths.currents, paths.pass_rate, paths.adc_codes, paths.pass_rate_png, paths.adc_codes_png)},
+        "summary": asdict(summary), "sar_offset_corr_median_offdiag": correlation,
+        "outputs": {p.name: str(p.relative_to(paths.root)) for p in outputs},
     })
     logger.info("characterize: %s", summary)
     return summary

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=d.seed, help="root seed")
     c.add_argument("--resolution-bits", type=int, default=d.resolution_bits, help="trip-point grid: 1/2**bits level")
     c.add_argument("--no-mismatch", action="store_true", help="nominal devices (every decision must be ideal)")
+    c.add_argument("--validation-chips", type=int, default=None,
+                   help="held-out full-ADC SPICE chips per ADC kind and W/L for the chips stage's validation")
     _add_exec_args(c)
 
     f = sub.add_parser("fit", help="Gaussian Iref-offset model from the characterization (probit and direct)")
@@ -116,7 +118,8 @@ def _chips(run_dir: Path, cfg: ChipsConfig) -> None:
 
 def _characterize_config(args: argparse.Namespace) -> CharacterizeConfig:
     return CharacterizeConfig(tech=args.tech, wl_ratios=tuple(args.wl), samples=args.samples, adc=tuple(args.adc),
-                              seed=args.seed, resolution_bits=args.resolution_bits, mismatch=not args.no_mismatch)
+                              seed=args.seed, resolution_bits=args.resolution_bits, mismatch=not args.no_mismatch,
+                              validation_chips=args.validation_chips)
 
 
 def _characterize(cfg: CharacterizeConfig, args: argparse.Namespace) -> None:

@@ -34,6 +34,9 @@ class CharacterizeConfig:
     """Root seed; every draw derives from it through numpy SeedSequence."""
     resolution_bits: int = 3
     """Trip-point resolution: the bitline input is bisected on a grid of 1/2**bits of a level."""
+    validation_chips: int | None = None
+    """Held-out full-ADC SPICE chips per ADC kind and W/L for the chips stage's validation (own random
+    streams, never fitted); None: validate against the chips above (in-sample)."""
     chunk_size: int = 40
     """SA instances per ngspice deck (one task of the executor)."""
     mismatch: bool = True
@@ -64,6 +67,11 @@ class CharacterizeConfig:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
         if not isinstance(self.resolution_bits, int) or not 0 <= self.resolution_bits <= 8:
             raise ConfigError(f"resolution_bits={self.resolution_bits!r} must be an integer in 0..8")
+        if self.validation_chips is not None and (
+                isinstance(self.validation_chips, bool) or not isinstance(self.validation_chips, int)
+                or self.validation_chips <= 0):
+            raise ConfigError(f"validation_chips={self.validation_chips!r} must be a positive integer "
+                              "(leave it out to validate in-sample)")
         if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
             raise ConfigError(f"chunk_size={self.chunk_size!r} must be a positive integer")
         if self.bitline.rows > 62:

@@ -9,6 +9,14 @@ interpolated. Flash chips are assembled from these samples (chip c = sample c of
 
 SAR chunks (``kind='sar'``): one SA draw per chip, every input level converted by the real N-step binary
 search with the reference switched between steps.
+
+SAR offset vectors (``kind='sar_sa'``): the SA draws of the SAR chips, each bisected for its trip point at
+reference j like a comparator sample, so one SA's offsets at all references are measured on the same
+mismatch (the correlation the SAR chip models need). Converting a vector with the SAR's search must give
+the codes of the ``sar`` chunks of the same draw (tested).
+
+Validation chunks (``kind='flash_val'`` comparator samples, ``kind='sar_val'`` SAR conversions) repeat the
+above on held-out random streams: whole ADCs that no fit or chip model has seen.
 """
 
 from __future__ import annotations
@@ -25,11 +33,17 @@ from circuits.bitline import BitlineConfig
 from circuits.ngspice import DECISION_HIGH, DECISION_LOW, FAILED, UNRESOLVED, decide
 from circuits.sense_amp import MISMATCH_DEVICES, SenseAmpSizing
 from circuits.technology import Technology
-from pipeline.seeds import KIND_COMPARATOR, KIND_SAR, draw_mismatch
+from pipeline.seeds import KIND_COMPARATOR, KIND_FLASH_VALIDATION, KIND_SAR, KIND_SAR_VALIDATION, draw_mismatch
 
 logger = logging.getLogger(__name__)
 
 STATUS_OK, STATUS_METASTABLE, STATUS_FAILED = "ok", "metastable", "failed"
+
+#: Chunk kinds that bisect one SA per sample at one reference -> (random stream, draws keyed by reference).
+COMPARATOR_KINDS = {"sa": (KIND_COMPARATOR, True), "sar_sa": (KIND_SAR, False),
+                    "flash_val": (KIND_FLASH_VALIDATION, True)}
+#: Chunk kinds that run full SAR conversions -> random stream.
+SAR_KINDS = {"sar": KIND_SAR, "sar_val": KIND_SAR_VALIDATION}
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,8 @@ class ChunkTask:
     """One unit of work: samples ``start..stop-1`` of one (kind, W/L, reference)."""
 
     kind: str
-    """'sa' (comparator trip points at reference ``ref_index``) or 'sar' (full SAR conversions)."""
+    """'sa' / 'sar_sa' / 'flash_val' (trip points at reference ``ref_index``) or 'sar' / 'sar_val' (full SAR
+    conversions); also the ``circuit`` of its rows."""
     wl_ratio: float
     ref_index: int
     start: int
@@ -129,7 +144,8 @@ def run_comparator_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
     """Trip points (and so every level's decision) of samples ``task.start..stop-1`` at one reference."""
     sizing = ctx.sizing(task.wl_ratio)
     samples = np.arange(task.start, task.stop)
-    dvth, dbeta = _draws(ctx, sizing, KIND_COMPARATOR, task.ref_index, samples)
+    stream, per_ref = COMPARATOR_KINDS[task.kind]
+    dvth, dbeta = _draws(ctx, sizing, stream, task.ref_index if per_ref else -1, samples)
     trip, status, runs = trip_search(ctx, sizing, task.ref_index, dvth, dbeta)
     scale = 1 << ctx.resolution_bits
     top = ctx.bitline.rows * scale
@@ -151,7 +167,7 @@ def run_sar_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
     """Full SAR conversions of every input level for chips ``task.start..stop-1`` (one SA draw per chip)."""
     sizing = ctx.sizing(task.wl_ratio)
     chips = np.arange(task.start, task.stop)
-    dvth, dbeta = _draws(ctx, sizing, KIND_SAR, -1, chips)
+    dvth, dbeta = _draws(ctx, sizing, SAR_KINDS[task.kind], -1, chips)
     n_levels = ctx.bitline.n_levels
     n_bits = int(np.ceil(np.log2(n_levels)))
     chip_of = np.repeat(np.arange(len(chips)), n_levels)
@@ -178,8 +194,8 @@ def run_sar_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
 
 def run_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
     """Dispatch a task to its chunk function (the function the executor runs)."""
-    if task.kind == "sa":
+    if task.kind in COMPARATOR_KINDS:
         return run_comparator_chunk(ctx, task)
-    if task.kind == "sar":
+    if task.kind in SAR_KINDS:
         return run_sar_chunk(ctx, task)
     raise ValueError(f"unknown chunk kind {task.kind!r}")

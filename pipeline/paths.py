@@ -38,6 +38,19 @@ class RunPaths:
         return self.characterize / "adc_codes.parquet"
 
     @property
+    def validation_codes(self) -> Path:
+        """Full-ADC codes of the held-out validation chips (``--validation-chips``)."""
+        return self.characterize / "validation_codes.parquet"
+
+    @property
+    def sar_offsets(self) -> Path:
+        return self.characterize / "sar_offsets.parquet"
+
+    @property
+    def sar_offset_corr_png(self) -> Path:
+        return self.characterize / "sar_offset_corr.png"
+
+    @property
     def pass_rate_png(self) -> Path:
         return self.characterize / "pass_rate.png"
 

@@ -48,3 +48,16 @@ def plot_adc_codes(codes: pd.DataFrame, path: Path) -> None:
         std = sub.assign(err=sub.code - sub.level).groupby("level").err.std().mean()
         ax.set(title=f"{adc} W/L={wl:g}: mean std {std:.2f} LSB", xlabel="ideal level", ylabel="output code")
     save_figure(fig, path)
+
+
+def plot_offset_correlation(mats: dict[float, np.ndarray], path: Path) -> None:
+    """Correlation between one SAR SA's offsets at two references, one heat map per W/L."""
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 4), squeeze=False)
+    for ax, (wl, m) in zip(axes[0], sorted(mats.items()), strict=True):
+        im = ax.imshow(m, origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+        off = m[~np.eye(len(m), dtype=bool)]
+        med = float(np.nanmedian(off)) if np.isfinite(off).any() else float("nan")
+        ax.set(title=f"SAR SA W/L={wl:g}: median off-diagonal {med:.2f}", xlabel="reference j",
+               ylabel="reference i")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="corr(offset_i, offset_j) over SA samples")
+    save_figure(fig, path)

@@ -14,7 +14,9 @@ for _dev in MISMATCH_DEVICES:
 
 SAMPLES = pa.schema([
     pa.field("technology", pa.string()),
-    pa.field("circuit", pa.string()),  # 'sa' comparator sample (a Flash comparator) | 'sar' conversion
+    # 'sa' comparator sample (a Flash comparator) | 'sar' conversion | 'sar_sa' trip point of a SAR chip's SA
+    # at one reference | 'flash_val' / 'sar_val' the same on held-out validation draws
+    pa.field("circuit", pa.string()),
     pa.field("wl_ratio", pa.float64()),
     pa.field("ref_index", pa.int64()),  # reference j (between levels j and j+1); -1 for SAR rows
     pa.field("sample", pa.int64()),  # sample index (= chip index for Flash and SAR)
@@ -64,5 +66,19 @@ ADC_CODES = pa.schema([
     pa.field("chip", pa.int64()),
     pa.field("level", pa.int32()),  # ideal input partial sum
     pa.field("code", pa.int16()),  # ADC output; -1 where a comparison failed
+    pa.field("status", pa.string()),
+])
+
+#: One SAR SA's offset at every reference (``characterize/sar_offsets.parquet``, one row per sample and
+#: reference). Censored trip points (outside 0..rows) sit at the edge of the bisection grid.
+SAR_OFFSETS = pa.schema([
+    pa.field("technology", pa.string()),
+    pa.field("wl_ratio", pa.float64()),
+    pa.field("sample", pa.int64()),  # SAR chip (= its 'sar' conversion rows)
+    pa.field("ref_index", pa.int32()),
+    pa.field("trip_level", pa.float64()),  # trip point in levels (grid edge when censored)
+    pa.field("censor", pa.string()),
+    pa.field("offset_a", pa.float64()),  # trip current - reference current (edge current when censored)
+    pa.field("offset_lsb", pa.float64()),  # trip_level - (ref_index + 0.5)
     pa.field("status", pa.string()),
 ])

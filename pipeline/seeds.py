@@ -15,6 +15,9 @@ from circuits.technology import Technology
 STAGE_CHARACTERIZE = 1
 KIND_COMPARATOR = 0
 KIND_SAR = 1
+#: Held-out draws for validation only (never used to fit or draw chips).
+KIND_FLASH_VALIDATION = 2
+KIND_SAR_VALIDATION = 3
 
 
 def sample_rng(root_seed: int, stage: int, kind: int, ref_index: int, sample: int) -> np.random.Generator:

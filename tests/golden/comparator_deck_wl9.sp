@@ -27,5 +27,5 @@ Xbl1 bl_1 cim_column rcol=10389.6103896
 Xrf1 ref_1 cim_column rcol=10152.284264
 .options noacct num_threads=1 
 .save out_0 outb_0 out_1 outb_1
-.tran 5e-12 1.52e-09 0 5e-12 uic
+.tran 5e-12 5.2e-10 0 5e-12 uic
 .end
