@@ -218,11 +218,13 @@ def adc_codes(samples: pd.DataFrame, rows: int, comparators: str = "sa", convers
     return pd.concat(frames, ignore_index=True).sort_values(["adc", "wl_ratio", "chip", "level"], ignore_index=True)
 
 
-def sar_offset_vectors(samples: pd.DataFrame, currents: pd.DataFrame, resolution_bits: int) -> pd.DataFrame:
-    """Each SAR SA's offset at every reference, from the ``sar_sa`` rows. A censored trip point (the SA
-    decides the same way over the whole input range) is put at the edge of the bisection grid, which
-    converts the same as any point beyond it."""
-    vec = samples[samples.circuit == "sar_sa"].copy()
+def offset_vectors(samples: pd.DataFrame, currents: pd.DataFrame, resolution_bits: int,
+                   circuit: str = "sar_sa") -> pd.DataFrame:
+    """Per sample and reference, the SA's trip point and offset (``SAR_OFFSETS`` columns) from the rows of
+    one comparator ``circuit`` ('sar_sa': each SAR SA at every reference; 'sa': the Flash comparator
+    samples). A censored trip point (the SA decides the same way over the whole input range) is put at the
+    edge of the bisection grid, which converts the same as any point beyond it."""
+    vec = samples[samples.circuit == circuit].copy()
     if not len(vec):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schemas.SAR_OFFSETS.names})
     scale = 1 << resolution_bits
@@ -274,7 +276,7 @@ def characterize(
     codes = adc_codes(samples, cfg.bitline.rows)
     if "flash" not in cfg.adc:
         codes = codes[codes.adc != "flash"]
-    vectors = sar_offset_vectors(samples, currents, cfg.resolution_bits)
+    vectors = offset_vectors(samples, currents, cfg.resolution_bits)
 
     write_table(currents, paths.currents, schemas.CURRENTS, meta)
     write_table(samples, paths.samples, schemas.SAMPLES, meta)

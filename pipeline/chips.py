@@ -1,14 +1,18 @@
-"""Stage ``chips``: per-chip ADC offset tables drawn from the fitted Gaussian model, and their validation.
+"""Stage ``chips``: per-chip ADC offset tables drawn from what SPICE measured, and their validation.
 
-A chip is one draw of every physical ADC on the die (``n_macros`` x ``adcs_per_macro``). Flash: each of
-the 2**bits - 1 comparators gets its own shift mu_j + sigma_j * z_j. SAR: one standard normal z per ADC
-scales every level's sigma, mu_j + sigma_j * z, so all references shift in the same direction
-(seed 001, Sec. III). Draws come from SeedSequence(seed, spawn_key=(stage, kind, chip)): chip k does not
-depend on how many chips are asked for, and one chip id uses the same normal draws at every W/L.
+A chip is one draw of every physical ADC on the die (``n_macros`` x ``adcs_per_macro``), under one of the
+chip models of :mod:`pipeline.chip_models` (``paper``: seed 001's Gaussian model; ``empirical``: measured
+samples and SAR offset vectors resampled whole; ``copula``: a multivariate normal of the SAR vectors).
+Draws come from SeedSequence(seed, spawn_key=(stage, kind, chip[, model])): chip k does not depend on how
+many chips are asked for, and one chip id uses the same random numbers at every W/L.
 
-Validation predicts, from the sampled tables, every ADC's output-code distribution per input level and
-compares it with the direct full-ADC SPICE Monte Carlo (``characterize/adc_codes.parquet``) by total
-variation distance; the TV expected from the finite number of SPICE chips alone is reported beside it.
+Validation (:mod:`pipeline.chip_validation`) runs every model, whichever one writes the table: the
+predicted output-code distribution per input level against full-ADC SPICE -- the held-out validation
+chips (``characterize/validation_codes.parquet``) when characterize made them, else the in-sample chips
+(``adc_codes.parquet``) -- by total variation, beside the floor the SPICE chip count alone would show.
+
+Each chip's row group carries a SHA-256 of its values in the file metadata (``row_groups``), checked
+whenever that chip is read (:class:`pipeline.offset_table.OffsetTable`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from circuits.adc import flash_codes, sar_codes_from_decisions
 from pipeline import schemas
 from pipeline.artifacts import META_KEY, ArtifactError, atomic_write, read_json, read_table, versions, write_json
+from pipeline.characterize import offset_vectors
+from pipeline.chip_models import CHIP_MODELS, MeasuredOffsets, draw_offsets_a, measured_from_tables
+from pipeline.chip_validation import code_dist, predicted_codes, spice_code_matrix, validate, write_neurosim_csv
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.fit import SIGMA
-from pipeline.offset_table import OFFSETS, OFFSETS_SCHEMA_VERSION
+from pipeline.offset_table import OFFSETS, OFFSETS_SCHEMA_VERSION, chip_digest
 from pipeline.paths import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -57,6 +63,9 @@ class ChipsConfig:
     sigma_source: str = "direct"
     """'direct' (mean and sigma from the measured trip points; defined at every level) or 'probit'
     (the paper's back-calculation, zero mean; undefined where the pass rate is <= 1/2)."""
+    model: str = "empirical"
+    """Chip model that draws the table: 'paper' | 'empirical' | 'copula' (pipeline.chip_models); the
+    default is the one that validated best (README). Every model is validated whichever is chosen."""
     seed: int = 1
     """Root seed of the chip draws."""
 
@@ -73,6 +82,8 @@ class ChipsConfig:
             raise ConfigError(f"unknown ADC kind(s) {sorted(unknown)}; choose from {list(ADC_KINDS)}")
         if self.sigma_source not in ("direct", "probit"):
             raise ConfigError(f"sigma_source={self.sigma_source!r}; choose 'direct' or 'probit'")
+        if self.model not in CHIP_MODELS:
+            raise ConfigError(f"model={self.model!r} is not a chip model; choose from {list(CHIP_MODELS)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
 
@@ -103,54 +114,38 @@ def reference_model(sigma: pd.DataFrame, wl: float, source: str) -> tuple[np.nda
     return sub.iref_a.to_numpy(), np.zeros_like(s), s
 
 
-def draw_chip(cfg: ChipsConfig, kind: str, chip: int, mu: np.ndarray, sig: np.ndarray) -> np.ndarray:
+def draw_chip(cfg: ChipsConfig, kind: str, chip: int, measured: MeasuredOffsets,
+              model: str | None = None) -> np.ndarray:
     """Offsets (A) of one chip: [n_macros, adcs_per_macro, n_thresholds]."""
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_CHIPS, ADC_KINDS.index(kind),
-                                                                             chip)))
-    shape = (cfg.n_macros, cfg.adcs_per_macro)
-    if kind == "flash":
-        z = rng.standard_normal((*shape, len(sig)))
-    else:
-        z = np.repeat(rng.standard_normal(shape)[..., None], len(sig), axis=-1)
-    return mu + sig * z
+    model = model or cfg.model
+    key: tuple[int, ...] = (STAGE_CHIPS, ADC_KINDS.index(kind), chip)
+    if model != "paper":  # the paper model keeps the stream of the tables drawn before the other models
+        key += (CHIP_MODELS.index(model),)
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key))
+    return draw_offsets_a(model, kind, measured, rng, (cfg.n_macros, cfg.adcs_per_macro))
 
 
-def predicted_codes(offset_lsb: np.ndarray, kind: str, n_levels: int) -> np.ndarray:
-    """Output codes [n_adcs, n_levels] of ADCs whose thresholds sit at j + 0.5 + offset_lsb[:, j]."""
-    thresholds = np.arange(offset_lsb.shape[-1]) + 0.5 + offset_lsb  # [n_adcs, n_thr]
-    levels = np.arange(n_levels)
-    dec = (levels[None, :, None] >= thresholds[:, None, :]).astype(np.int8)  # [adc, level, thr]
-    if kind == "flash":
-        return flash_codes(dec)
-    return np.stack([sar_codes_from_decisions(d) for d in dec])
+def _resolution_bits(x: np.ndarray) -> int:
+    return int(round(np.log2(1.0 / (x[1] - x[0]))))
 
 
-def _dist(codes: np.ndarray, n_levels: int) -> np.ndarray:
-    """P(code | level): [n_levels (level), n_levels (code)] from codes [n, n_levels]."""
-    out = np.zeros((n_levels, n_levels))
-    for k in range(n_levels):
-        out[k] = np.bincount(np.clip(codes[:, k], 0, n_levels - 1), minlength=n_levels) / len(codes)
-    return out
+def _measured(cfg: ChipsConfig, sigma: pd.DataFrame, samples: pd.DataFrame, currents: pd.DataFrame,
+              wl: float) -> MeasuredOffsets:
+    iref, mu, sig = reference_model(sigma, wl, cfg.sigma_source)
+    cur = currents[currents.wl_ratio == wl]
+    bits = _resolution_bits(np.sort(cur.x.to_numpy()))
+    at_wl = samples[samples.wl_ratio == wl]
+    comps = offset_vectors(at_wl, currents, bits, circuit="sa")
+    vecs = offset_vectors(at_wl, currents, bits, circuit="sar_sa")
+    return measured_from_tables(iref, mu, sig, comps, vecs)
 
 
-def _tv(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return 0.5 * np.abs(p - q).sum(axis=1)
-
-
-def tv_noise_floor(codes: np.ndarray, n: int, reps: int = 300, seed: int = 0) -> tuple[float, float]:
-    """Mean and 95th percentile of the mean-over-levels TV between the table prediction and ``n`` whole
-    ADCs resampled from the table: what n SPICE chips would show if the table were exact. Whole ADCs are
-    resampled (not levels independently), so the correlation of one chip's errors across levels -- strong
-    for SAR -- is in the spread."""
-    n_levels = codes.shape[1]
-    pred = _dist(codes, n_levels)
-    rng = np.random.default_rng(seed)
-    vals = np.array([_tv(pred, _dist(codes[rng.integers(0, len(codes), n)], n_levels)).mean() for _ in range(reps)])
-    return float(vals.mean()), float(np.quantile(vals, 0.95))
+def _model_available(model: str, kind: str, m: MeasuredOffsets) -> bool:
+    return model == "paper" or kind == "flash" or (m.vectors_a is not None and len(m.vectors_a) >= 2)
 
 
 def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
-    """Draw the chips, write ``chips/offsets.parquet``, validate against SPICE, export NeuroSim CSVs."""
+    """Draw the chips, write ``chips/offsets.parquet``, validate every model against SPICE, export NeuroSim CSVs."""
     paths = RunPaths(Path(run_dir))
     fit_doc = read_json(paths.offset_model, fix=FIX_FIT)
     sigma, sigma_meta = read_table(paths.sigma_table, SIGMA, fix=FIX_FIT)
@@ -161,6 +156,14 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
     spice_codes, codes_meta = read_table(paths.adc_codes, schemas.ADC_CODES, fix=fix_char)
     if codes_meta.get("config_hash") != fit_doc.get("upstream_config_hash"):
         raise ArtifactError("characterization changed since `cimcosim fit`; re-run `cimcosim fit --run-dir RUN`")
+    samples, _ = read_table(paths.samples, schemas.SAMPLES, fix=fix_char)
+    spice_set = "in_sample"
+    if paths.validation_codes.exists():
+        spice_codes, val_meta = read_table(paths.validation_codes, schemas.ADC_CODES, fix=fix_char)
+        if val_meta.get("config_hash") != codes_meta.get("config_hash"):
+            raise ArtifactError(f"{paths.validation_codes} is stale against {paths.adc_codes}; "
+                                "re-run `cimcosim characterize`")
+        spice_set = "validation"
     available = sorted(float(w) for w in sigma.wl_ratio.unique())
     wls = tuple(cfg.wl_ratios) if cfg.wl_ratios else tuple(available)
     missing = [w for w in wls if w not in available]
@@ -169,74 +172,79 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
     n_thr = int(sigma.ref_index.max()) + 1
     n_levels = n_thr + 1
     bits = int(np.ceil(np.log2(n_levels)))
-    chash = config_hash({"chips": asdict(cfg), "fit": fit_doc["config_hash"]})
+    chash = config_hash({"chips": asdict(cfg), "fit": fit_doc["config_hash"], "spice_set": spice_set,
+                         "characterize": codes_meta.get("config_hash")})
 
     frames: list[pd.DataFrame] = []
-    groups: list[tuple[str, float, int, int]] = []
+    groups: list[list[Any]] = []
     validation: dict[str, Any] = {}
+    by_model: dict[str, dict[str, Any]] = {}
     exports: dict[str, np.ndarray] = {}
     for kind in cfg.adc:
         for wl in wls:
-            iref, mu, sig = reference_model(sigma, wl, cfg.sigma_source)
+            measured = _measured(cfg, sigma, samples, currents, wl)
+            if not _model_available(cfg.model, kind, measured):
+                raise ConfigError(f"chip model {cfg.model!r} needs the SAR offset vectors, which "
+                                  f"{paths.samples} lacks for W/L={wl:g}; re-run `cimcosim characterize`, "
+                                  "or use --model paper")
             cur = currents[currents.wl_ratio == wl].sort_values("x")
-            x, i_curve = cur.x.to_numpy(), cur.current_a.to_numpy()
-            all_lsb = []
-            for chip in range(cfg.n_chips):
-                off_a = draw_chip(cfg, kind, chip, mu, sig)
-                off_lsb = current_to_lsb(iref + off_a, x, i_curve) - (np.arange(n_thr) + 0.5)
-                all_lsb.append(off_lsb.reshape(-1, n_thr))
-                m, a, j = np.meshgrid(np.arange(cfg.n_macros), np.arange(cfg.adcs_per_macro), np.arange(n_thr),
-                                      indexing="ij")
-                groups.append((kind, float(wl), chip, len(groups)))
-                frames.append(pd.DataFrame({
-                    "adc": kind, "wl_ratio": float(wl), "chip_id": chip, "macro_id": m.ravel().astype(np.int32),
-                    "adc_id": a.ravel().astype(np.int32), "comparator_id": j.ravel().astype(np.int32),
-                    "bits": np.int32(bits), "offset_a": off_a.ravel(), "offset_lsb": off_lsb.ravel(),
-                    "seed": cfg.seed}))
-            table_codes = predicted_codes(np.concatenate(all_lsb), kind, n_levels)
-            pred = _dist(table_codes, n_levels)
+            curve = (cur.x.to_numpy(), cur.current_a.to_numpy())
             key = f"{kind}_wl{wl:g}"
-            exports[key] = pred
-            spice = spice_codes[(spice_codes.adc == kind) & (spice_codes.wl_ratio == wl) & (spice_codes.code >= 0)]
-            if len(spice):
-                emp = _dist(spice.pivot(index="chip", columns="level", values="code").to_numpy(), n_levels)
-                n_sp = spice.chip.nunique()
-                tv = _tv(pred, emp)
-                floor, floor_p95 = tv_noise_floor(table_codes, n_sp)
-                validation[key] = {"adc": kind, "wl_ratio": float(wl), "mean_tv": float(tv.mean()),
-                                   "max_tv": float(tv.max()), "worst_level": int(tv.argmax()),
-                                   "n_spice_chips": int(n_sp), "n_table_adcs": int(cfg.n_chips * cfg.n_macros
-                                                                                 * cfg.adcs_per_macro),
-                                   "tv_noise_floor": floor, "tv_noise_p95": floor_p95,
-                                   "consistent": bool(tv.mean() <= floor_p95), "tv_per_level": tv.tolist()}
+            spice = spice_code_matrix(spice_codes, kind, wl)
+            by_model[key] = {}
+            for model in CHIP_MODELS:
+                if not _model_available(model, kind, measured):
+                    by_model[key][model] = {"available": False}
+                    continue
+                all_lsb = []
+                for chip in range(cfg.n_chips):
+                    off_a = draw_chip(cfg, kind, chip, measured, model)
+                    off_lsb = current_to_lsb(measured.iref_a + off_a, *curve) - (np.arange(n_thr) + 0.5)
+                    all_lsb.append(off_lsb.reshape(-1, n_thr))
+                    if model == cfg.model:
+                        frame = _chip_frame(cfg, kind, wl, chip, bits, off_a, off_lsb)
+                        groups.append([kind, float(wl), chip, len(groups), chip_digest(frame)])
+                        frames.append(frame)
+                lsb = np.concatenate(all_lsb)
+                table_codes = predicted_codes(lsb, kind, n_levels)
+                if model == cfg.model:
+                    exports[key] = code_dist(table_codes, n_levels)
+                    write_neurosim_csv(paths.chips / f"neurosim_{key}.csv", lsb, kind, bits)
+                if len(spice):
+                    entry = {"adc": kind, "wl_ratio": float(wl), "model": model, "spice_set": spice_set,
+                             **validate(table_codes, spice)}
+                    by_model[key][model] = entry
+                    if model == cfg.model:
+                        validation[key] = entry
 
     meta = {"stage": "chips", "schema_version": OFFSETS_SCHEMA_VERSION, "config_hash": chash,
             "fit_config_hash": fit_doc["config_hash"], "config": asdict(cfg), "seed": cfg.seed,
-            "sigma_source": cfg.sigma_source, "versions": versions(),
+            "sigma_source": cfg.sigma_source, "chip_model": cfg.model, "versions": versions(),
             "geometry": {"n_macros": cfg.n_macros, "adcs_per_macro": cfg.adcs_per_macro,
                          "columns_per_adc": cfg.columns_per_adc, "n_thresholds": n_thr, "bits": bits},
-            "row_groups": [[k, w, c, g] for k, w, c, g in groups]}
+            "row_groups": groups}
     _write_offsets(pd.concat(frames, ignore_index=True), paths.offsets, meta, len(frames[0]))
-    write_json(paths.validation, {"config_hash": chash, "designs": validation})
-    for key, pred in exports.items():
-        _write_neurosim_csv(paths.chips / f"neurosim_{key}.csv", pred)
+    write_json(paths.validation, {"config_hash": chash, "model": cfg.model, "spice_set": spice_set,
+                                  "designs": validation, "models": by_model})
     from pipeline.plots_fit import plot_validation
 
     plot_validation(exports, spice_codes, paths.chips / "validation.png")
-    logger.info("chips: %s", {k: round(v["mean_tv"], 3) for k, v in validation.items()})
-    return {"validation": validation, "config_hash": chash}
+    logger.info("chips (%s model, %s SPICE): %s", cfg.model, spice_set,
+                {k: round(v["mean_tv"], 3) for k, v in validation.items()})
+    return {"validation": validation, "models": by_model, "config_hash": chash}
+
+
+def _chip_frame(cfg: ChipsConfig, kind: str, wl: float, chip: int, bits: int, off_a: np.ndarray,
+                off_lsb: np.ndarray) -> pd.DataFrame:
+    m, a, j = np.meshgrid(np.arange(cfg.n_macros), np.arange(cfg.adcs_per_macro), np.arange(off_a.shape[-1]),
+                          indexing="ij")
+    return pd.DataFrame({
+        "adc": kind, "wl_ratio": float(wl), "chip_id": chip, "macro_id": m.ravel().astype(np.int32),
+        "adc_id": a.ravel().astype(np.int32), "comparator_id": j.ravel().astype(np.int32),
+        "bits": np.int32(bits), "offset_a": off_a.ravel(), "offset_lsb": off_lsb.ravel(), "seed": cfg.seed})
 
 
 def _write_offsets(df: pd.DataFrame, path: Path, meta: dict[str, Any], rows_per_chip: int) -> None:
     table = pa.Table.from_pandas(df, schema=OFFSETS, preserve_index=False).replace_schema_metadata(
         {META_KEY: json.dumps(meta, default=str).encode()})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=rows_per_chip))
-
-
-def _write_neurosim_csv(path: Path, pred: np.ndarray) -> None:
-    codes = np.arange(pred.shape[1])
-    mean = pred @ codes
-    std = np.sqrt(np.maximum(pred @ codes**2 - mean**2, 0))
-    text = "ideal_code,mean_code,std_code\n" + "".join(
-        f"{k},{m:.6f},{s:.6f}\n" for k, (m, s) in enumerate(zip(mean, std, strict=True)))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

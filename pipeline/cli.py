@@ -96,24 +96,30 @@ def _add_chips_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-macros", type=int, default=d.n_macros)
     p.add_argument("--columns-per-macro", type=int, default=d.columns_per_macro)
     p.add_argument("--columns-per-adc", type=int, default=d.columns_per_adc)
-    p.add_argument("--sigma-source", default=d.sigma_source, help="direct | probit")
+    p.add_argument("--sigma-source", default=d.sigma_source, help="direct | probit (the paper model's sigma)")
+    p.add_argument("--model", default=d.model, help=f"chip model: paper | empirical | copula ({d.model})")
     p.add_argument("--seed", type=int, default=d.seed)
 
 
 def _chips_config(args: argparse.Namespace) -> ChipsConfig:
     return ChipsConfig(n_chips=args.n_chips, adc=tuple(args.adc), wl_ratios=tuple(args.wl) if args.wl else None,
                        n_macros=args.n_macros, columns_per_macro=args.columns_per_macro,
-                       columns_per_adc=args.columns_per_adc, sigma_source=args.sigma_source, seed=args.seed)
+                       columns_per_adc=args.columns_per_adc, sigma_source=args.sigma_source, model=args.model,
+                       seed=args.seed)
 
 
 def _chips(run_dir: Path, cfg: ChipsConfig) -> None:
     from pipeline.chips import chips
 
     out = chips(run_dir, cfg)
-    for key, v in out["validation"].items():
-        log.info("%s: mean TV %.3f (max %.3f at level %d); an exact table would show %.3f (95%% up to %.3f) "
-                 "with %d SPICE chips", key, v["mean_tv"], v["max_tv"], v["worst_level"], v["tv_noise_floor"],
-                 v["tv_noise_p95"], v["n_spice_chips"])
+    for key, models in out["models"].items():
+        for model, v in models.items():
+            if "mean_tv" not in v:
+                continue
+            mark = "<- table" if model == cfg.model else ""
+            log.info("%s %-9s: mean TV %.3f (max %.3f at level %d); an exact table would show %.3f (95%% up to "
+                     "%.3f) with %d %s SPICE chips %s", key, model, v["mean_tv"], v["max_tv"], v["worst_level"],
+                     v["tv_noise_floor"], v["tv_noise_p95"], v["n_spice_chips"], v["spice_set"], mark)
 
 
 def _characterize_config(args: argparse.Namespace) -> CharacterizeConfig:

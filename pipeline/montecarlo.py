@@ -16,11 +16,14 @@ mismatch (the correlation the SAR chip models need). Converting a vector with th
 the codes of the ``sar`` chunks of the same draw (tested).
 
 Validation chunks (``kind='flash_val'`` comparator samples, ``kind='sar_val'`` SAR conversions) repeat the
-above on held-out random streams: whole ADCs that no fit or chip model has seen.
+above on held-out random streams: whole ADCs that no fit or chip model has seen. A validation chip only
+needs its codes at integer levels, so its comparators are bisected on the integer grid
+(``resolution_bits = 0``: ceil(log2(rows + 2)) transients instead of ceil(log2(rows * 2**bits + 2))).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -142,6 +145,8 @@ def decisions_from_trip(trip_index: np.ndarray, rows: int, resolution_bits: int)
 
 def run_comparator_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
     """Trip points (and so every level's decision) of samples ``task.start..stop-1`` at one reference."""
+    if task.kind == "flash_val":
+        ctx = dataclasses.replace(ctx, resolution_bits=0)
     sizing = ctx.sizing(task.wl_ratio)
     samples = np.arange(task.start, task.stop)
     stream, per_ref = COMPARATOR_KINDS[task.kind]

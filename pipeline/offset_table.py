@@ -20,11 +20,15 @@ seed               int64    root seed of the chips stage
 
 Rows are sorted by (adc, wl_ratio, chip_id, macro_id, adc_id, comparator_id) and every (design, chip)
 is its own Parquet row group, so one chip is read without loading the others. File metadata
-(``cimcosim`` key) holds the schema version, geometry, seed, provenance and config hashes.
+(``cimcosim`` key) holds the schema version, geometry, seed, the chip model that drew the table,
+provenance and config hashes, and ``row_groups``: per chip [adc, wl_ratio, chip_id, row group, SHA-256 of
+the chip's values] -- the hash is checked every time that chip is read, so a changed value (a flipped bit)
+is reported with the chip id, and reading one chip stays one row group's work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,19 @@ OFFSETS = pa.schema([
 FIX = "run `cimcosim chips --run-dir RUN --n-chips N` again"
 
 
+def chip_digest(df: pd.DataFrame) -> str:
+    """SHA-256 of one chip's rows (every column, in schema order and dtype): the same before writing and
+    after reading back."""
+    h = hashlib.sha256()
+    for field in OFFSETS:
+        col = df[field.name]
+        if pa.types.is_string(field.type):
+            h.update("\x1f".join(map(str, col)).encode())
+        else:
+            h.update(np.ascontiguousarray(col.to_numpy(field.type.to_pandas_dtype())).tobytes())
+    return h.hexdigest()
+
+
 class OffsetTable:
     """Read access to an offsets file; chips are loaded one row group at a time."""
 
@@ -69,8 +86,12 @@ class OffsetTable:
         if self._file.schema_arrow.remove_metadata() != OFFSETS or not self.meta:
             raise ArtifactError(f"{self.path} is not a cimcosim offsets table (schema mismatch); {FIX}")
         self.geometry: dict[str, int] = self.meta["geometry"]
-        self._groups: dict[tuple[str, float, int], int] = {
-            (d, float(w), int(c)): int(g) for d, w, c, g in self.meta["row_groups"]}
+        self._groups: dict[tuple[str, float, int], int] = {}
+        self._digests: dict[tuple[str, float, int], str] = {}
+        for d, w, c, g, *digest in self.meta["row_groups"]:
+            self._groups[(d, float(w), int(c))] = int(g)
+            if digest:
+                self._digests[(d, float(w), int(c))] = digest[0]
 
     @property
     def designs(self) -> list[tuple[str, float]]:
@@ -86,11 +107,19 @@ class OffsetTable:
         if key not in self._groups:
             raise KeyError(f"no chip {chip_id} for design {adc} W/L={wl_ratio:g} in {self.path}; "
                            f"designs: {self.designs}, chips per design: {self.n_chips(adc, wl_ratio)}")
-        df = self._file.read_row_group(self._groups[key]).to_pandas()
+        name = f"chip {chip_id} of {adc} W/L={wl_ratio:g}"
+        try:
+            df = self._file.read_row_group(self._groups[key]).to_pandas()
+        except Exception as exc:  # noqa: BLE001 - a damaged page fails to decode in many ways
+            raise ArtifactError(f"{self.path}: {name} is corrupt ({type(exc).__name__}: {exc}); {FIX}") from exc
         g = self.geometry
         expected = g["n_macros"] * g["adcs_per_macro"] * g["n_thresholds"]
         if len(df) != expected or (df.chip_id != chip_id).any():
-            raise ArtifactError(f"{self.path}: chip {chip_id} has {len(df)} rows, expected {expected}; {FIX}")
+            raise ArtifactError(f"{self.path}: {name} has {len(df)} rows, expected {expected}; {FIX}")
+        digest = self._digests.get(key)
+        if digest is not None and chip_digest(df) != digest:
+            raise ArtifactError(f"{self.path}: {name} fails its content hash (its values changed after "
+                                f"`cimcosim chips` wrote them); {FIX}")
         return df
 
     def threshold_shifts_lsb(self, adc: str, wl_ratio: float, chip_id: int) -> np.ndarray:

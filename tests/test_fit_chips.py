@@ -73,14 +73,14 @@ def test_fit_outputs_and_estimates_agree(fitted):
 
 @pytest.mark.spice
 def test_chips_determinism_prefix_and_structure(fitted, tmp_path):
-    cfg = ChipsConfig(n_chips=6, n_macros=2, columns_per_macro=32, columns_per_adc=8)
+    cfg = ChipsConfig(n_chips=6, n_macros=2, columns_per_macro=32, columns_per_adc=8, model="paper")
     chips(fitted, cfg)
     a = OffsetTable(RunPaths(fitted).offsets)
     first = {(d, w): [a.chip(d, w, c) for c in range(6)] for d, w in a.designs}
     assert a.designs == [("flash", 4.0), ("flash", 10.0), ("sar", 4.0), ("sar", 10.0)]
     other = tmp_path / "again"
     shutil.copytree(fitted, other)
-    chips(other, ChipsConfig(n_chips=9, n_macros=2, columns_per_macro=32, columns_per_adc=8))
+    chips(other, ChipsConfig(n_chips=9, n_macros=2, columns_per_macro=32, columns_per_adc=8, model="paper"))
     b = OffsetTable(RunPaths(other).offsets)
     for (d, w), frames in first.items():
         for c, df in enumerate(frames):
@@ -101,21 +101,25 @@ def test_chips_determinism_prefix_and_structure(fitted, tmp_path):
 
 @pytest.mark.spice
 def test_chips_validation_and_neurosim_export(fitted):
-    out = chips(fitted, ChipsConfig(n_chips=40, n_macros=2, columns_per_macro=32, columns_per_adc=8))
+    out = chips(fitted, ChipsConfig(n_chips=40, n_macros=2, columns_per_macro=32, columns_per_adc=8, model="paper"))
     v = out["validation"]
     assert set(v) == {"flash_wl4", "flash_wl10", "sar_wl4", "sar_wl10"}
     for rec in v.values():
         assert 0 <= rec["mean_tv"] <= rec["max_tv"] <= 1 and len(rec["tv_per_level"]) == 32
+        assert rec["spice_set"] == "in_sample" and rec["model"] == "paper"
     assert v["flash_wl10"]["consistent"], v["flash_wl10"]  # Flash: independent Gaussian comparators hold
+    assert set(out["models"]["sar_wl4"]) == {"paper", "empirical", "copula"}
     csv = pd.read_csv(RunPaths(fitted).chips / "neurosim_sar_wl10.csv")
-    assert list(csv.columns) == ["ideal_code", "mean_code", "std_code"] and len(csv) == 32
+    assert list(csv.columns) == ["output", "mean", "std"] and len(csv) == 33
     flash = pd.read_csv(RunPaths(fitted).chips / "neurosim_flash_wl10.csv")
-    assert csv.std_code.mean() > flash.std_code.mean()  # SAR spreads more than Flash
+    assert csv["std"].mean() > flash["std"].mean()  # SAR spreads more than Flash
 
 
 def test_chips_bad_input(tmp_path, fitted):
     with pytest.raises(ConfigError, match="n_chips=0"):
         ChipsConfig(n_chips=0)
+    with pytest.raises(ConfigError, match="model='gauss' is not a chip model"):
+        ChipsConfig(model="gauss")
     with pytest.raises(ConfigError, match="not a multiple"):
         ChipsConfig(columns_per_macro=100, columns_per_adc=8)
     with pytest.raises(ConfigError, match=r"W/L \[7.0\] not characterized; available: \[4.0, 10.0\]"):

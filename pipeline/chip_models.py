@@ -1,0 +1,109 @@
+"""How a chip's ADC offsets are drawn from what SPICE measured: three selectable models.
+
+Every model returns offsets in amperes, shaped [n_macros, adcs_per_macro, n_thresholds], for one chip of
+one design, from a generator seeded by SeedSequence(seed, spawn_key=(stage, ADC kind, chip[, model])):
+
+- ``paper`` (seed 001's model, the baseline): Flash draws each comparator independently, mu_j + sigma_j z_j;
+  SAR draws one standard normal z per ADC and shifts every reference by mu_j + sigma_j z, i.e. it assumes
+  one SA's offsets at different references are perfectly correlated. mu_j and sigma_j come from the fit.
+- ``empirical``: SAR draws, per ADC, one whole measured offset vector (one SAR SA sample bisected at
+  every reference, ``characterize/sar_offsets.parquet``); Flash draws each comparator from the measured
+  comparator samples at its reference. No distributional assumption, but chips can only recombine the
+  measured samples (with S vectors a SAR design has S distinct ADCs).
+- ``copula``: SAR draws a multivariate normal with the measured mean vector and covariance of those
+  vectors, so chips are not limited to the measured samples. Assumptions: the offsets are jointly Gaussian
+  (each marginal and every pairwise dependence; a skewed or heavy-tailed marginal is smoothed away), the
+  covariance is estimated from S samples (noisy for S of a few tens), and censored trip points enter at
+  the edge of the input range. Flash comparators are independent by construction, so its copula is
+  independent normals with each comparator's measured mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+CHIP_MODELS: tuple[str, ...] = ("paper", "empirical", "copula")
+
+
+@dataclass(frozen=True)
+class MeasuredOffsets:
+    """What one design's chips are drawn from (amperes, per threshold j)."""
+
+    iref_a: np.ndarray
+    """Reference current of each threshold, [n_thr]."""
+    mu_a: np.ndarray
+    """Fitted mean offset per threshold (the paper model), [n_thr]."""
+    sigma_a: np.ndarray
+    """Fitted offset sigma per threshold (the paper model), [n_thr]."""
+    comparators_a: tuple[np.ndarray, ...]
+    """Measured Flash comparator offsets at each reference j (one array per j)."""
+    vectors_a: np.ndarray | None
+    """Measured SAR SA offset vectors [n_samples, n_thr], or None where SAR was not characterized."""
+
+    @property
+    def n_thr(self) -> int:
+        return len(self.iref_a)
+
+
+def measured_from_tables(
+    iref_a: np.ndarray, mu_a: np.ndarray, sigma_a: np.ndarray, comparators: pd.DataFrame, vectors: pd.DataFrame
+) -> MeasuredOffsets:
+    """Bundle one design's fit and measured samples (``offset_vectors`` frames, one W/L, failures kept out)."""
+    n_thr = len(iref_a)
+    ok = comparators[comparators.status != "failed"]
+    per_ref = tuple(ok.offset_a[ok.ref_index == j].to_numpy(np.float64) for j in range(n_thr))
+    vec = None
+    good = vectors[vectors.status != "failed"]
+    if len(good):
+        wide = good.pivot(index="sample", columns="ref_index", values="offset_a").reindex(columns=range(n_thr))
+        vec = wide.dropna().to_numpy(np.float64)  # a sample with any failed reference is dropped whole
+    return MeasuredOffsets(np.asarray(iref_a, float), np.asarray(mu_a, float), np.asarray(sigma_a, float),
+                           per_ref, vec)
+
+
+def _need_vectors(m: MeasuredOffsets, model: str) -> np.ndarray:
+    if m.vectors_a is None or len(m.vectors_a) < 2:
+        raise ValueError(f"chip model {model!r} needs the measured SAR offset vectors; re-run "
+                         "`cimcosim characterize` with --adc sar (this version measures them), or use --model paper")
+    return m.vectors_a
+
+
+def draw_offsets_a(model: str, kind: str, m: MeasuredOffsets, rng: np.random.Generator,
+                   shape: tuple[int, int]) -> np.ndarray:
+    """Offsets (A) of one chip, [*shape, n_thr], under ``model`` for ADC ``kind``."""
+    n_thr = m.n_thr
+    if model == "paper":
+        if kind == "flash":
+            z = rng.standard_normal((*shape, n_thr))
+        else:
+            z = np.repeat(rng.standard_normal(shape)[..., None], n_thr, axis=-1)
+        return m.mu_a + m.sigma_a * z
+    if model == "empirical":
+        if kind == "sar":
+            vec = _need_vectors(m, model)
+            return vec[rng.integers(0, len(vec), shape)]
+        out = np.empty((*shape, n_thr))
+        for j, samples in enumerate(m.comparators_a):
+            out[..., j] = samples[rng.integers(0, len(samples), shape)]
+        return out
+    if model == "copula":
+        if kind == "sar":
+            vec = _need_vectors(m, model)
+            mean, root = mvn_root(vec)
+            return mean + rng.standard_normal((*shape, n_thr)) @ root.T
+        mu = np.array([s.mean() for s in m.comparators_a])
+        sd = np.array([s.std(ddof=1) for s in m.comparators_a])
+        return mu + sd * rng.standard_normal((*shape, n_thr))
+    raise ValueError(f"unknown chip model {model!r}; choose from {list(CHIP_MODELS)}")
+
+
+def mvn_root(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample mean and a square root A of the sample covariance (A A^T = cov), through the symmetric
+    eigendecomposition so a rank-deficient covariance (fewer samples than thresholds) still works."""
+    mean = vectors.mean(axis=0)
+    cov = np.cov(vectors, rowvar=False)
+    w, v = np.linalg.eigh(cov)
+    return mean, v * np.sqrt(np.clip(w, 0.0, None))
