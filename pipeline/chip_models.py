@@ -12,10 +12,11 @@ one design, from a generator seeded by SeedSequence(seed, spawn_key=(stage, ADC 
   measured samples (with S vectors a SAR design has S distinct ADCs).
 - ``copula``: SAR draws a multivariate normal with the measured mean vector and covariance of those
   vectors, so chips are not limited to the measured samples. Assumptions: the offsets are jointly Gaussian
-  (each marginal and every pairwise dependence; a skewed or heavy-tailed marginal is smoothed away), the
-  covariance is estimated from S samples (noisy for S of a few tens), and censored trip points enter at
-  the edge of the input range. Flash comparators are independent by construction, so its copula is
-  independent normals with each comparator's measured mean and standard deviation.
+  (each marginal and every pairwise dependence; the measured marginals are skewed by ~0.3-0.6, which this
+  smooths away), the covariance is estimated from S vectors (noisy for S of a few tens), and a censored
+  trip point (outside the input range; up to half the samples at the top references of W/L 4) enters at
+  the edge of the range, where it converts the same. Flash comparators are independent by construction,
+  so its copula is ``paper`` (the fitted censored-normal marginals, which handle the censoring exactly).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class MeasuredOffsets:
 
 
 def measured_from_tables(
-    iref_a: np.ndarray, mu_a: np.ndarray, sigma_a: np.ndarray, comparators: pd.DataFrame, vectors: pd.DataFrame
+    iref_a: np.ndarray, mu_a: np.ndarray, sigma_a: np.ndarray, comparators: pd.DataFrame, vectors: pd.DataFrame,
 ) -> MeasuredOffsets:
     """Bundle one design's fit and measured samples (``offset_vectors`` frames, one W/L, failures kept out)."""
     n_thr = len(iref_a)
@@ -90,13 +91,10 @@ def draw_offsets_a(model: str, kind: str, m: MeasuredOffsets, rng: np.random.Gen
             out[..., j] = samples[rng.integers(0, len(samples), shape)]
         return out
     if model == "copula":
-        if kind == "sar":
-            vec = _need_vectors(m, model)
-            mean, root = mvn_root(vec)
-            return mean + rng.standard_normal((*shape, n_thr)) @ root.T
-        mu = np.array([s.mean() for s in m.comparators_a])
-        sd = np.array([s.std(ddof=1) for s in m.comparators_a])
-        return mu + sd * rng.standard_normal((*shape, n_thr))
+        if kind == "flash":
+            return draw_offsets_a("paper", kind, m, rng, shape)
+        mean, root = mvn_root(_need_vectors(m, model))
+        return mean + rng.standard_normal((*shape, n_thr)) @ root.T
     raise ValueError(f"unknown chip model {model!r}; choose from {list(CHIP_MODELS)}")
 
 
