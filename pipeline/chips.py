@@ -140,6 +140,13 @@ def _measured(cfg: ChipsConfig, sigma: pd.DataFrame, samples: pd.DataFrame, curr
     return measured_from_tables(iref, mu, sig, comps, vecs)
 
 
+def _n_measured(kind: str, m: MeasuredOffsets) -> int:
+    """Measured samples behind one design's chip model: SAR vectors, or the fewest comparator samples."""
+    if kind == "sar" and m.vectors_a is not None:
+        return len(m.vectors_a)
+    return min(len(c) for c in m.comparators_a)
+
+
 def _model_available(model: str, kind: str, m: MeasuredOffsets) -> bool:
     return model == "paper" or kind == "flash" or (m.vectors_a is not None and len(m.vectors_a) >= 2)
 
@@ -212,7 +219,7 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
                     write_neurosim_csv(paths.chips / f"neurosim_{key}.csv", lsb, kind, bits)
                 if len(spice):
                     entry = {"adc": kind, "wl_ratio": float(wl), "model": model, "spice_set": spice_set,
-                             **validate(table_codes, spice)}
+                             **validate(table_codes, spice, _n_measured(kind, measured))}
                     by_model[key][model] = entry
                     if model == cfg.model:
                         validation[key] = entry

@@ -218,6 +218,10 @@ def test_chips_validates_every_model_against_the_held_out_chips(validated_run, t
             assert len(rec["code_error_std_spice"]) == len(rec["code_error_std_table"]) == N_THR + 1
             assert rec["within_goal"] == (rec["mean_tv"] <= 0.05)
             assert rec["consistent"] == (rec["mean_tv"] <= rec["tv_noise_p95"])
+            assert rec["n_measured"] == 6  # 6 SAR vectors / 6 comparator samples per reference
+            # a table built from 6 measured samples: its floor against 4 SPICE chips is above the 4-chip one
+            assert rec["tv_two_sample_floor"] > rec["tv_noise_floor"]
+            assert rec["consistent_two_sample"] == (rec["mean_tv"] <= rec["tv_two_sample_p95"])
         assert doc["designs"][key] == doc["models"][key]["copula"] == out["validation"][key]
     table = OffsetTable(RunPaths(run).offsets)
     assert table.meta["chip_model"] == "copula"
