@@ -208,8 +208,6 @@ def adc_codes(samples: pd.DataFrame, rows: int, comparators: str = "sa", convers
             "status": np.repeat(np.where(chip_bad, STATUS_FAILED, STATUS_OK), rows + 1),
         }))
     sar = samples[samples.circuit == conversions]
-    if not frames and not len(sar):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in schemas.ADC_CODES.names})
     if len(sar):
         frames.append(pd.DataFrame({
             "technology": sar.technology, "adc": "sar", "wl_ratio": sar.wl_ratio, "chip": sar["sample"],
@@ -297,7 +295,7 @@ def characterize(
         outputs += [paths.sar_offsets, paths.sar_offset_corr_png]
     else:
         paths.sar_offsets.unlink(missing_ok=True)
-    if cfg.validation_chips:
+    if cfg.validation_chips and cfg.adc:
         val = adc_codes(samples, cfg.bitline.rows, comparators="flash_val", conversions="sar_val")
         write_table(val, paths.validation_codes, schemas.ADC_CODES, meta)
         outputs.append(paths.validation_codes)

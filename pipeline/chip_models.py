@@ -12,11 +12,12 @@ one design, from a generator seeded by SeedSequence(seed, spawn_key=(stage, ADC 
   measured samples (with S vectors a SAR design has S distinct ADCs).
 - ``copula``: SAR draws a multivariate normal with the measured mean vector and covariance of those
   vectors, so chips are not limited to the measured samples. Assumptions: the offsets are jointly Gaussian
-  (each marginal and every pairwise dependence; the measured marginals are skewed by ~0.3-0.6, which this
-  smooths away), the covariance is estimated from S vectors (noisy for S of a few tens), and a censored
-  trip point (outside the input range; up to half the samples at the top references of W/L 4) enters at
-  the edge of the range, where it converts the same. Flash comparators are independent by construction,
-  so its copula is ``paper`` (the fitted censored-normal marginals, which handle the censoring exactly).
+  (each marginal and every pairwise dependence; the measured marginals have |skew| up to ~0.6 at W/L 4 and
+  ~0.3 at W/L 10, which this smooths away), the covariance is estimated from S vectors (noisy for S of a
+  few tens), and a censored trip point (outside the input range; up to half the samples at the top
+  references of W/L 4) enters at the edge of the range, where it converts the same. Flash comparators are
+  independent by construction, so its copula is ``paper`` (the fitted censored-normal marginals, which
+  handle the censoring exactly).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class MeasuredOffsets:
     def n_thr(self) -> int:
         return len(self.iref_a)
 
+    @property
+    def has_vectors(self) -> bool:
+        """Enough measured SAR offset vectors for the empirical and copula SAR models."""
+        return self.vectors_a is not None and len(self.vectors_a) >= 2
+
 
 def measured_from_tables(
     iref_a: np.ndarray, mu_a: np.ndarray, sigma_a: np.ndarray, comparators: pd.DataFrame, vectors: pd.DataFrame,
@@ -66,7 +72,7 @@ def measured_from_tables(
 
 
 def _need_vectors(m: MeasuredOffsets, model: str) -> np.ndarray:
-    if m.vectors_a is None or len(m.vectors_a) < 2:
+    if not m.has_vectors or m.vectors_a is None:
         raise ValueError(f"chip model {model!r} needs the measured SAR offset vectors; re-run "
                          "`cimcosim characterize` with --adc sar (this version measures them), or use --model paper")
     return m.vectors_a

@@ -148,7 +148,7 @@ def _n_measured(kind: str, m: MeasuredOffsets) -> int:
 
 
 def _model_available(model: str, kind: str, m: MeasuredOffsets) -> bool:
-    return model == "paper" or kind == "flash" or (m.vectors_a is not None and len(m.vectors_a) >= 2)
+    return model == "paper" or kind == "flash" or m.has_vectors
 
 
 def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
@@ -182,47 +182,44 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
     chash = config_hash({"chips": asdict(cfg), "fit": fit_doc["config_hash"], "spice_set": spice_set,
                          "characterize": codes_meta.get("config_hash")})
 
+    measured = {(kind, wl): _measured(cfg, sigma, samples, currents, wl) for kind in cfg.adc for wl in wls}
+    for (kind, wl), m in measured.items():  # refuse before anything is written
+        if not _model_available(cfg.model, kind, m):
+            raise ConfigError(f"chip model {cfg.model!r} needs the SAR offset vectors, which {paths.samples} "
+                              f"lacks for W/L={wl:g}; re-run `cimcosim characterize` (with --adc sar), "
+                              "or draw Flash only (--adc flash), or use --model paper")
+
     frames: list[pd.DataFrame] = []
     groups: list[list[Any]] = []
     validation: dict[str, Any] = {}
     by_model: dict[str, dict[str, Any]] = {}
     exports: dict[str, np.ndarray] = {}
-    for kind in cfg.adc:
-        for wl in wls:
-            measured = _measured(cfg, sigma, samples, currents, wl)
-            if not _model_available(cfg.model, kind, measured):
-                raise ConfigError(f"chip model {cfg.model!r} needs the SAR offset vectors, which "
-                                  f"{paths.samples} lacks for W/L={wl:g}; re-run `cimcosim characterize`, "
-                                  "or use --model paper")
-            cur = currents[currents.wl_ratio == wl].sort_values("x")
-            curve = (cur.x.to_numpy(), cur.current_a.to_numpy())
-            key = f"{kind}_wl{wl:g}"
-            spice = spice_code_matrix(spice_codes, kind, wl)
-            by_model[key] = {}
-            for model in CHIP_MODELS:
-                if not _model_available(model, kind, measured):
-                    by_model[key][model] = {"available": False}
-                    continue
-                all_lsb = []
-                for chip in range(cfg.n_chips):
-                    off_a = draw_chip(cfg, kind, chip, measured, model)
-                    off_lsb = current_to_lsb(measured.iref_a + off_a, *curve) - (np.arange(n_thr) + 0.5)
-                    all_lsb.append(off_lsb.reshape(-1, n_thr))
-                    if model == cfg.model:
-                        frame = _chip_frame(cfg, kind, wl, chip, bits, off_a, off_lsb)
-                        groups.append([kind, float(wl), chip, len(groups), chip_digest(frame)])
-                        frames.append(frame)
-                lsb = np.concatenate(all_lsb)
-                table_codes = predicted_codes(lsb, kind, n_levels)
-                if model == cfg.model:
-                    exports[key] = code_dist(table_codes, n_levels)
-                    write_neurosim_csv(paths.chips / f"neurosim_{key}.csv", lsb, kind, bits)
-                if len(spice):
-                    entry = {"adc": kind, "wl_ratio": float(wl), "model": model, "spice_set": spice_set,
-                             **validate(table_codes, spice, _n_measured(kind, measured))}
-                    by_model[key][model] = entry
-                    if model == cfg.model:
-                        validation[key] = entry
+    table_lsb: dict[str, np.ndarray] = {}
+    for (kind, wl), m in measured.items():
+        cur = currents[currents.wl_ratio == wl].sort_values("x")
+        curve = (cur.x.to_numpy(), cur.current_a.to_numpy())
+        key = f"{kind}_wl{wl:g}"
+        spice = spice_code_matrix(spice_codes, kind, wl)
+        by_model[key] = {}
+        for model in CHIP_MODELS:
+            if not _model_available(model, kind, m):
+                by_model[key][model] = {"available": False}
+                continue
+            chosen = model == cfg.model
+            lsb, chip_frames = _draw_design(cfg, kind, wl, m, model, curve, bits, keep_frames=chosen)
+            table_codes = predicted_codes(lsb, kind, n_levels)
+            if chosen:
+                for chip, frame in enumerate(chip_frames):
+                    groups.append([kind, float(wl), chip, len(groups), chip_digest(frame)])
+                frames += chip_frames
+                exports[key] = code_dist(table_codes, n_levels)
+                table_lsb[key] = lsb
+            if len(spice):
+                entry = {"adc": kind, "wl_ratio": float(wl), "model": model, "spice_set": spice_set,
+                         **validate(table_codes, spice, _n_measured(kind, m))}
+                by_model[key][model] = entry
+                if chosen:
+                    validation[key] = entry
 
     meta = {"stage": "chips", "schema_version": OFFSETS_SCHEMA_VERSION, "config_hash": chash,
             "fit_config_hash": fit_doc["config_hash"], "config": asdict(cfg), "seed": cfg.seed,
@@ -233,12 +230,30 @@ def chips(run_dir: Path, cfg: ChipsConfig) -> dict[str, Any]:
     _write_offsets(pd.concat(frames, ignore_index=True), paths.offsets, meta, len(frames[0]))
     write_json(paths.validation, {"config_hash": chash, "model": cfg.model, "spice_set": spice_set,
                                   "designs": validation, "models": by_model})
+    for key, lsb in table_lsb.items():
+        write_neurosim_csv(paths.chips / f"neurosim_{key}.csv", lsb, key.split("_wl")[0], bits)
     from pipeline.plots_fit import plot_validation
 
     plot_validation(exports, spice_codes, paths.chips / "validation.png")
     logger.info("chips (%s model, %s SPICE): %s", cfg.model, spice_set,
                 {k: round(v["mean_tv"], 3) for k, v in validation.items()})
     return {"validation": validation, "models": by_model, "config_hash": chash}
+
+
+def _draw_design(cfg: ChipsConfig, kind: str, wl: float, m: MeasuredOffsets, model: str,
+                 curve: tuple[np.ndarray, np.ndarray], bits: int, keep_frames: bool
+                 ) -> tuple[np.ndarray, list[pd.DataFrame]]:
+    """Every chip of one design under ``model``: offsets in LSB of every ADC [n_adcs, n_thr], and (for the
+    model that writes the table) one frame per chip."""
+    n_thr = m.n_thr
+    all_lsb, frames = [], []
+    for chip in range(cfg.n_chips):
+        off_a = draw_chip(cfg, kind, chip, m, model)
+        off_lsb = current_to_lsb(m.iref_a + off_a, *curve) - (np.arange(n_thr) + 0.5)
+        all_lsb.append(off_lsb.reshape(-1, n_thr))
+        if keep_frames:
+            frames.append(_chip_frame(cfg, kind, wl, chip, bits, off_a, off_lsb))
+    return np.concatenate(all_lsb), frames
 
 
 def _chip_frame(cfg: ChipsConfig, kind: str, wl: float, chip: int, bits: int, off_a: np.ndarray,

@@ -42,9 +42,10 @@ logger = logging.getLogger(__name__)
 
 STATUS_OK, STATUS_METASTABLE, STATUS_FAILED = "ok", "metastable", "failed"
 
-#: Chunk kinds that bisect one SA per sample at one reference -> (random stream, draws keyed by reference).
-COMPARATOR_KINDS = {"sa": (KIND_COMPARATOR, True), "sar_sa": (KIND_SAR, False),
-                    "flash_val": (KIND_FLASH_VALIDATION, True)}
+#: Chunk kinds that bisect one SA per sample at one reference -> (random stream, draws keyed by reference,
+#: integer grid only: a validation chip needs its codes at integer levels, not its trip points).
+COMPARATOR_KINDS = {"sa": (KIND_COMPARATOR, True, False), "sar_sa": (KIND_SAR, False, False),
+                    "flash_val": (KIND_FLASH_VALIDATION, True, True)}
 #: Chunk kinds that run full SAR conversions -> random stream.
 SAR_KINDS = {"sar": KIND_SAR, "sar_val": KIND_SAR_VALIDATION}
 
@@ -145,11 +146,11 @@ def decisions_from_trip(trip_index: np.ndarray, rows: int, resolution_bits: int)
 
 def run_comparator_chunk(ctx: SpiceContext, task: ChunkTask) -> pd.DataFrame:
     """Trip points (and so every level's decision) of samples ``task.start..stop-1`` at one reference."""
-    if task.kind == "flash_val":
+    stream, per_ref, integer_grid = COMPARATOR_KINDS[task.kind]
+    if integer_grid:
         ctx = dataclasses.replace(ctx, resolution_bits=0)
     sizing = ctx.sizing(task.wl_ratio)
     samples = np.arange(task.start, task.stop)
-    stream, per_ref = COMPARATOR_KINDS[task.kind]
     dvth, dbeta = _draws(ctx, sizing, stream, task.ref_index if per_ref else -1, samples)
     trip, status, runs = trip_search(ctx, sizing, task.ref_index, dvth, dbeta)
     scale = 1 << ctx.resolution_bits
