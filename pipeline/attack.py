@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.datasets import load_data
 from pipeline.deployments import Design
+from pipeline.executor import as_completed
 
 logger = logging.getLogger(__name__)
 

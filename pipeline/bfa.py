@@ -19,7 +19,7 @@ import copy
 import logging
 import math
 import os
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import load_model
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import load_data
+from pipeline.executor import as_completed
 from pipeline.finetune import FIX_TRAIN
 from pipeline.paths import RunPaths
 

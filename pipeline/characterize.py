@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from circuits.technology import load_technology
 from pipeline import schemas
 from pipeline.artifacts import ArtifactError, read_table, versions, write_json, write_table
 from pipeline.config import CharacterizeConfig, config_hash
+from pipeline.executor import as_completed
 from pipeline.montecarlo import COMPARATOR_KINDS, STATUS_FAILED, STATUS_OK, ChunkTask, SpiceContext, run_chunk
 from pipeline.paths import RunPaths
 

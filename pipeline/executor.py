@@ -5,9 +5,10 @@ Every stage submits pure functions of picklable tasks, so results do not depend 
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -15,16 +16,52 @@ from typing import Any
 from pipeline.config import ConfigError
 
 
+class _Deferred(Future):
+    """A call of :class:`InlineExecutor`, run in this process when its result is first asked for."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self._call: tuple | None = (fn, args, kwargs)
+
+    def run_now(self) -> None:
+        if self._call is None:
+            return
+        fn, args, kwargs = self._call
+        self._call = None
+        try:
+            self.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool would
+            self.set_exception(exc)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self.run_now()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self.run_now()
+        return super().exception(timeout)
+
+
 class InlineExecutor(Executor):
-    """Runs each submitted call immediately in this process (``--workers 1``; easiest to debug)."""
+    """Runs the submitted calls in this process (``--workers 1``; easiest to debug), one at a time as
+    :func:`as_completed` hands them out (or as their result is asked for): a stage that persists each
+    result as it arrives then loses only the call in flight to an interrupt, as with a process pool."""
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool would
-            future.set_exception(exc)
-        return future
+        return _Deferred(fn, args, kwargs)
+
+
+def as_completed(futures: Iterable[Future]) -> Iterator[Future]:
+    """:func:`concurrent.futures.as_completed` that also runs :class:`InlineExecutor`'s calls, one per
+    step (the stdlib one would wait for them forever)."""
+    fs = list(futures)
+    for f in fs:
+        if isinstance(f, _Deferred):
+            f.run_now()
+            yield f
+    others = [f for f in fs if not isinstance(f, _Deferred)]
+    if others:
+        yield from concurrent.futures.as_completed(others)
 
 
 def _init_worker() -> None:

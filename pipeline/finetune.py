@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.datasets import load_data
+from pipeline.executor import as_completed
 from pipeline.offset_table import OffsetTable
 from pipeline.paths import RunPaths
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from nn.training import accuracy
 from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import check_spec, load_data
+from pipeline.executor import as_completed
 
 logger = logging.getLogger(__name__)
 

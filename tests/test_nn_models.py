@@ -12,7 +12,7 @@ TINY = [n for n in list_models() if n.startswith("test_")]
 
 def test_registry_has_the_seed_networks_and_twins():
     names = set(list_models())
-    assert {"vgg8", "densenet40", "resnet18", "resnet18_celu", "vgg8_fmnist", "densenet_fmnist",
+    assert {"vgg8", "densenet40", "resnet18", "resnet18_celu", "vgg8_fmnist", "densenet_fmnist", "densenet40_fmnist",
             "resnet18_fmnist"} <= names and len(TINY) == 3
     with pytest.raises(CIMConfigError, match="unknown model 'vgg99'"):
         create_model("vgg99")

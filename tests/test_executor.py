@@ -1,0 +1,51 @@
+"""The executors' contract the stages rely on: results persisted as they arrive survive an interrupt."""
+
+from __future__ import annotations
+
+import pytest
+
+import pipeline.characterize as characterize_stage
+from pipeline.characterize import ChunkTask, run_chunks
+from pipeline.executor import as_completed, make_executor
+from pipeline.paths import RunPaths
+
+
+def test_inline_executor_runs_one_call_per_step_of_as_completed():
+    ran: list[int] = []
+    with make_executor(1) as ex:
+        futures = {ex.submit(ran.append, i): i for i in range(3)}
+        assert ran == []  # nothing runs at submit
+        for n, f in enumerate(as_completed(futures), start=1):
+            assert len(ran) == n and f.result() is None
+    assert ran == [0, 1, 2]
+    with make_executor(1) as ex:
+        f = ex.submit(lambda: 1 / 0)
+        assert isinstance(f.exception(), ZeroDivisionError)
+        with pytest.raises(ZeroDivisionError):
+            f.result()
+
+
+def test_inline_characterize_keeps_the_chunks_finished_before_an_interrupt(tmp_path, monkeypatch):
+    """``--workers 1`` used to run every chunk at submit time and write none before the last: a Ctrl-C
+    lost the whole Monte Carlo. (The SPICE call is replaced here: this tests the stage's bookkeeping.)"""
+    import pandas as pd
+
+    from pipeline import schemas
+
+    calls: list[str] = []
+
+    def fake_chunk(ctx, task):
+        calls.append(task.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return pd.DataFrame({f.name: pd.Series([], dtype=f.type.to_pandas_dtype()) for f in schemas.CHUNK})
+
+    monkeypatch.setattr(characterize_stage, "run_chunk", fake_chunk)
+    monkeypatch.setattr(characterize_stage, "_chunk_path",
+                        lambda paths, ctx, task: paths.characterize_chunks / f"{task.name}.parquet")
+    paths = RunPaths(tmp_path)
+    paths.characterize_chunks.mkdir(parents=True)
+    tasks = [ChunkTask("sa", 4.0, ref, 0, 8) for ref in range(4)]
+    with make_executor(1) as ex, pytest.raises(KeyboardInterrupt):
+        run_chunks(None, tasks, paths, ex, "hash")
+    assert len(calls) == 3 and sorted(p.stem for p in paths.characterize_chunks.iterdir()) == sorted(calls[:2])
