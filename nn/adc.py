@@ -66,6 +66,30 @@ def adc_read(psum: torch.Tensor, adc: ADCConfig, thr: torch.Tensor, lev: torch.T
     return lev[code]
 
 
+def sar_effective_thresholds(t: torch.Tensor) -> torch.Tensor:
+    """Sorted thresholds [..., n] that a ones count reads like the SAR search over ``t`` [..., n] (each
+    threshold already moved by its shift) reads: code_sar(v) == number of returned thresholds <= v, for all v.
+
+    The SAR search is monotone in v (at the first comparison where two values part, the larger goes up) and
+    right-continuous, stepping only at threshold values, so L_k = min{v : code(v) >= k} is the smallest
+    threshold value whose own code is >= k (+inf where no value reaches k: a missing top code).
+    """
+    n = t.shape[-1]
+    n_bits = int(math.log2(n + 1))
+    if 2**n_bits - 1 != n:
+        raise CIMConfigError(f"a SAR ADC needs 2^k - 1 thresholds, this scheme has {n}")
+    x, _ = torch.sort(t, -1)
+    code = torch.zeros(x.shape, dtype=torch.long, device=t.device)
+    for bit in reversed(range(n_bits)):
+        trial = code | (1 << bit)
+        code = torch.where(x >= torch.gather(t, -1, trial - 1), trial, code)
+    # codes along sorted x are non-decreasing: L_k is x at the first code >= k
+    k = torch.arange(1, n + 1, device=t.device).expand(*t.shape[:-1], n).contiguous()
+    first = torch.searchsorted(code.contiguous(), k)
+    big = torch.full((*t.shape[:-1], 1), math.inf, dtype=t.dtype, device=t.device)
+    return torch.gather(torch.cat([x, big], -1), -1, first)
+
+
 def lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, shift: torch.Tensor | None,
                   tiles: int, cols: int, psum_lo: int, psum_hi: int) -> torch.Tensor:
     """ADC output for every integer partial sum psum_lo..psum_hi of every physical column: [T, C, n_p]."""

@@ -5,10 +5,12 @@ that is what the array does, and on a CPU it is a few integer instructions per 6
 multiply-adds. Inputs are cut into bit-planes (bit-serial, or the bits of a multi-level drive summed with
 their weights before one read), multi-bit cells into bit-slices (summed with 2^b), and signed columns
 (``signed_psum``) subtract the negative cells' count; each partial sum is then read by its physical ADC in
-the same loop -- a table lookup (noise-free), a search of the column's shifted thresholds (Flash: count of
-thresholds <= value by bisection of the sorted thresholds; SAR: its binary search, in its own order), or an
-inverse-CDF draw from a measured noise table -- and shift-added into the output. Nothing of the size of
-the partial sums is ever stored: memory is the packed inputs (1 bit per input bit) and the output.
+the same loop -- a table lookup (noise-free), a count of the column's shifted thresholds at or below the
+(noisy) value (a SAR's binary search is first turned into the sorted thresholds it is equivalent to; with
+noise, the count steps from the partial sum's noise-free code over the thresholds the noise crossed, else
+it bisects), or an inverse-CDF draw from a measured noise table -- and shift-added into the output.
+Nothing of the size of the partial sums is ever stored: memory is the packed inputs (1 bit per input bit)
+and the output.
 
 Exactness: partial sums are exact integers; readings and their weighted sum are accumulated in float64
 (exact for integer-valued levels below 2^53), so the result equals the pure-torch reference path
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nn.adc import adc_tables, lookup_tables
+from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds
 from nn.config import CIMConfig
 
 logger = logging.getLogger(__name__)
@@ -199,7 +201,7 @@ if AVAILABLE:
                         s[c] -= np.int64(_popcount(xk & wm[t, b, k, c])) << b
 
     @njit(cache=True, inline="always")
-    def _read(mode, t, c, s, lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed, key):
+    def _read(mode, t, c, s, lo, lut, thr, code0, walk, lev, colw, sigma, cdf, seed, key):
         """ADC output (times the column's digital weight) of integer partial sum ``s``."""
         if mode == 0:
             return lut[t, c, s - lo]
@@ -217,36 +219,37 @@ if AVAILABLE:
         v = np.float64(s)
         if sigma > 0.0:
             v += sigma * _normal(seed, key)
-        if sar_bits == 0:  # Flash: number of (sorted) thresholds at or below v
-            a, b = 0, thr.shape[2]
-            while a < b:
-                mid = (a + b) >> 1
-                if thr[t, c, mid] <= v:
-                    a = mid + 1
-                else:
-                    b = mid
+        n_thr = thr.shape[2]
+        if walk:  # from the noise-free code of s, step over the few thresholds the noise crossed
+            a = np.int64(code0[t, c, s - lo])
+            while a < n_thr and thr[t, c, a] <= v:
+                a += 1
+            while a > 0 and thr[t, c, a - 1] > v:
+                a -= 1
             return lev[a] * colw[c]
-        code = 0
-        for bit in range(sar_bits - 1, -1, -1):  # SAR: binary search in the comparator's own order
-            trial = code | (1 << bit)
-            if v >= thr[t, c, trial - 1]:
-                code = trial
-        return lev[code] * colw[c]
+        a, b = 0, n_thr  # number of (sorted) thresholds at or below v, by bisection
+        while a < b:
+            mid = (a + b) >> 1
+            if thr[t, c, mid] <= v:
+                a = mid + 1
+            else:
+                b = mid
+        return lev[a] * colw[c]
 
     @njit(cache=True)
-    def _zero_readings(mode, lo, lut, thr, sar_bits, lev, colw, cdf):
+    def _zero_readings(mode, lo, lut, thr, code0, walk, lev, colw, cdf):
         """Noise-free reading of partial sum 0 per (tile, column): what an all-zero input plane reads."""
         tiles, cols = (lut.shape[0], lut.shape[1]) if mode == 0 else (thr.shape[0], thr.shape[1])
         out = np.empty((tiles, cols))
         for t in range(tiles):
             for c in range(cols):
-                out[t, c] = _read(mode, t, c, 0, lo, lut, thr, sar_bits, lev, colw, 0.0, cdf, np.uint64(0),
+                out[t, c] = _read(mode, t, c, 0, lo, lut, thr, code0, walk, lev, colw, 0.0, cdf, np.uint64(0),
                                   np.uint64(0))
         return out
 
     @njit(parallel=True, cache=True)
-    def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, sar_bits,
-                lev, colw, sigma, cdf, seed, out):
+    def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, code0,
+                walk, lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
         counted: its columns read ``zero[t, c]``, added with the plane's weight."""
@@ -275,7 +278,7 @@ if AVAILABLE:
                     if serial:
                         base = np.uint64((m * tiles + t) * cols * planes + p)
                         for c in range(cols):
-                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, sar_bits, lev, colw, sigma,
+                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, code0, walk, lev, colw, sigma,
                                                       cdf, seed, base + np.uint64(c * planes))
                     else:
                         for c in range(cols):
@@ -287,7 +290,7 @@ if AVAILABLE:
                 else:
                     base = np.uint64((m * tiles + t) * cols * planes)
                     for c in range(cols):
-                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, sar_bits, lev, colw, sigma, cdf, seed,
+                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, lev, colw, sigma, cdf, seed,
                                         base + np.uint64(c * planes))
             for n in range(n_out):
                 v = 0.0
@@ -373,50 +376,59 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     sign = np.array([1.0, -1.0][:n_pol])
     colw = np.broadcast_to((slice_w[:, None, None] * sign[None, :, None]), (n_slices, n_pol, n)).reshape(-1).copy()
     flat_shift = None if shift is None else shift.detach().reshape(tiles, cols, -1).to(torch.float64)
-    mode, lut, thr, sar_bits, cdf = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw, shift,
-                                             table_cache)
+    mode, lut, thr, code0, cdf = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw, shift,
+                                          table_cache)
+    walk = code0.shape[2] > 1
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     out = np.empty((xw.shape[0], n), np.float64)
     lev = lev_t.numpy()
-    zero = _zero_readings(mode, lo, lut, thr, sar_bits, lev, colw, cdf) if not noisy else np.zeros((1, 1))
+    zero = _zero_readings(mode, lo, lut, thr, code0, walk, lev, colw, cdf) if not noisy else np.zeros((1, 1))
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     _kernel(xw, wp, wm, minus is not None, quant.input_mode == "bit_serial", not noisy, zero,
-            bitw_int.astype(np.float64), bitw_int, n, lo, mode, lut, thr, sar_bits, lev, colw,
+            bitw_int.astype(np.float64), bitw_int, n, lo, mode, lut, thr, code0, walk, lev, colw,
             float(adc.noise_sigma), cdf, np.uint64(seed), out)
     return torch.from_numpy(out).to(dtype)
 
 
 def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, flat_shift: torch.Tensor | None,
              tiles: int, cols: int, colw: np.ndarray, shift: torch.Tensor | None, table_cache: dict | None
-             ) -> tuple[int, np.ndarray, np.ndarray, int, np.ndarray]:
-    """(mode, lut, thresholds, sar_bits, cdf) of the kernel; unused ones are 1-element placeholders."""
+             ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mode, lut, thresholds, code0, cdf) of the kernel; unused ones are 1-element placeholders.
+
+    Threshold mode reads a count of sorted thresholds (a SAR's search is turned into its equivalent sorted
+    thresholds once per call, :func:`nn.adc.sar_effective_thresholds`). With Gaussian noise and a partial-sum
+    range small enough, ``code0`` [T, C, n_p] holds each partial sum's noise-free code, and a noisy reading
+    steps from it over the one or two thresholds the noise crossed instead of bisecting all of them.
+    """
     adc = cfg.adc
     lo, hi = cfg.psum_range
     empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
+    no_code0 = np.zeros((1, 1, 1), np.int16)
     if adc.noise_table is not None:
         cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].numpy().copy()
-        return MODE_TABLE, empty3, empty3, 0, cdf
+        return MODE_TABLE, empty3, empty3, no_code0, cdf
     noisy = adc.noise_sigma > 0
-    if not noisy and tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES:
-        key = ("fused", cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
-        if table_cache is not None and table_cache.get("fused_key") == key and table_cache.get("fused_shift") is shift:
-            return MODE_LUT, table_cache["fused_lut"], empty3, 0, empty2
+    small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
+    key = ("fused", noisy, cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
+    if table_cache is not None and table_cache.get("fused_key") == key and table_cache.get("fused_shift") is shift:
+        return table_cache["fused_tables"]
+    if not noisy and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
-        lut = np.ascontiguousarray(table * colw[None, :, None])
-        if table_cache is not None:
-            table_cache.update(fused_key=key, fused_lut=lut, fused_shift=shift)
-        return MODE_LUT, lut, empty3, 0, empty2
-    t = thr.expand(tiles, cols, -1) if flat_shift is None else thr + flat_shift
-    if adc.kind == "flash" or flat_shift is None:  # a threshold scheme without shifts is sorted already
-        return MODE_THRESHOLDS, empty3, np.ascontiguousarray(torch.sort(t, -1).values.numpy()), 0, empty2
-    n_thr = thr.numel()
-    sar_bits = int(math.log2(n_thr + 1))
-    if 2**sar_bits - 1 != n_thr:
-        from nn.config import CIMConfigError
-
-        raise CIMConfigError(f"a SAR ADC needs 2^k - 1 thresholds, this scheme has {n_thr}")
-    return MODE_THRESHOLDS, empty3, np.ascontiguousarray(t.numpy()), sar_bits, empty2
+        tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2
+    else:
+        t = thr.expand(tiles, cols, -1) if flat_shift is None else thr + flat_shift
+        if adc.kind == "sar" and flat_shift is not None:  # (unshifted thresholds are sorted: both read alike)
+            t = sar_effective_thresholds(t)
+        t = torch.sort(t, -1).values.contiguous()
+        code0 = no_code0
+        if noisy and small:
+            grid = torch.arange(lo, hi + 1, dtype=t.dtype).expand(tiles, cols, -1).contiguous()
+            code0 = torch.searchsorted(t, grid, right=True).to(torch.int16).numpy()
+        tables = MODE_THRESHOLDS, empty3, t.numpy(), code0, empty2
+    if table_cache is not None:
+        table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
+    return tables
 
 
 def describe() -> dict[str, Any]:

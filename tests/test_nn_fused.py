@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConv2d, CIMLinear, QuantConfig, RuntimeConfig, fused
+from nn.adc import adc_read, adc_tables, sar_effective_thresholds
 
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed (the engine falls back to torch)")
 
@@ -86,6 +87,48 @@ def test_fused_noise_matches_reference_distribution_and_is_seeded():
     keep = (ca + cb) >= 10
     _, p, _, _ = stats.chi2_contingency(np.stack([ca[keep], cb[keep]]))
     assert len(values) >= 3 and p > 1e-3
+
+
+@pytest.mark.parametrize("kind,lut_limit", [("sar", None), ("flash", None), ("sar", 0)])
+def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit, monkeypatch):
+    """Gaussian noise on shifted thresholds: the fused path (a SAR read through its equivalent sorted
+    thresholds; the step from the noise-free code, or bisection where the code table would be too large)
+    reads like the reference path's threshold loop / SAR search (chi-square, false-alarm rate 1e-3)."""
+    if lut_limit is not None:
+        monkeypatch.setattr(fused, "_LUT_MAX_ENTRIES", lut_limit)
+    cfg = CIMConfig(adc=ADCConfig(bits=4, kind=kind, noise_sigma=1.0, psum_max=15.0),
+                    array=ArrayConfig(rows=16, n_macros=1, adcs_per_macro=1), quant=QuantConfig(weight_bits=2,
+                                                                                                input_bits=1))
+    torch.manual_seed(3)
+    layer = CIMLinear(16, 1, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(2).normal(0, 1.5, (1, 1, cfg.adc.n_thresholds)))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    x = torch.ones(4000, 16, dtype=torch.float64)
+    x[:, 7:] = 0
+    layer.set_noise_seed(11)
+    a, b = _both(layer, x)
+    values = sorted(set(a.flatten().tolist()) | set(b.flatten().tolist()))
+    ca = np.array([(a == v).sum().item() for v in values])
+    cb = np.array([(b == v).sum().item() for v in values])
+    keep = (ca + cb) >= 10
+    _, p, _, _ = stats.chi2_contingency(np.stack([ca[keep], cb[keep]]))
+    assert keep.sum() >= 3 and p > 1e-3
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+def test_sar_effective_thresholds_read_like_the_sar_search(scale):
+    """A ones count over the SAR's equivalent sorted thresholds equals its binary search for every value,
+    values exactly on a threshold included, at offsets large enough to skip codes."""
+    adc = ADCConfig(bits=5, kind="sar", psum_max=31.0)
+    thr, lev, step = adc_tables(adc, 0, 128, "cpu", torch.float64)
+    gen = torch.Generator().manual_seed(int(scale * 10))
+    shift = torch.randn(64, 31, dtype=torch.float64, generator=gen) * scale
+    eff = sar_effective_thresholds(thr + shift)
+    v = torch.cat([torch.rand(64, 3000, dtype=torch.float64, generator=gen) * 50 - 10, thr + shift], 1)
+    sar = adc_read(v, adc, thr, lev, step, shift[:, None, :])
+    assert (torch.diff(eff, dim=-1) >= 0).all()
+    assert torch.equal(lev[(v[..., None] >= eff[:, None, :]).sum(-1)], sar)
 
 
 def test_fused_noise_table_matches_reference_distribution():
