@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -201,7 +202,7 @@ if AVAILABLE:
                         s[c] -= np.int64(_popcount(xk & wm[t, b, k, c])) << b
 
     @njit(cache=True, inline="always")
-    def _read(mode, t, c, s, lo, lut, thr, code0, walk, lev, colw, sigma, cdf, seed, key):
+    def _read(mode, t, c, s, lo, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed, key):
         """ADC output (times the column's digital weight) of integer partial sum ``s``."""
         if mode == 0:
             return lut[t, c, s - lo]
@@ -219,37 +220,42 @@ if AVAILABLE:
         v = np.float64(s)
         if sigma > 0.0:
             v += sigma * _normal(seed, key)
-        n_thr = thr.shape[2]
+        # thr [T, C, n + 2]: the sorted thresholds between a -inf and a +inf sentinel (thr[a + 1] is threshold a)
         if walk:  # from the noise-free code of s, step over the few thresholds the noise crossed
             a = np.int64(code0[t, c, s - lo])
-            while a < n_thr and thr[t, c, a] <= v:
-                a += 1
-            while a > 0 and thr[t, c, a - 1] > v:
-                a -= 1
+        elif qstep[0] > 0.0:  # a uniform scheme: start from the code of the unshifted thresholds (qstep[1]: first)
+            a = np.int64(min(max(math.floor(v / qstep[0] - qstep[1] - 0.5) + 1.0, 0.0), np.float64(thr.shape[2] - 2)))
+        else:
+            a, b = 0, thr.shape[2] - 2  # number of thresholds at or below v, by bisection
+            while a < b:
+                mid = (a + b) >> 1
+                if thr[t, c, mid + 1] <= v:
+                    a = mid + 1
+                else:
+                    b = mid
             return lev[a] * colw[c]
-        a, b = 0, n_thr  # number of (sorted) thresholds at or below v, by bisection
-        while a < b:
-            mid = (a + b) >> 1
-            if thr[t, c, mid] <= v:
-                a = mid + 1
-            else:
-                b = mid
+        a += np.int64(thr[t, c, a + 1] <= v) - np.int64(thr[t, c, a] > v)  # one code up or down, no branch
+        if thr[t, c, a + 1] <= v or thr[t, c, a] > v:  # more than one code away (rare): walk on
+            while thr[t, c, a + 1] <= v:
+                a += 1
+            while thr[t, c, a] > v:
+                a -= 1
         return lev[a] * colw[c]
 
     @njit(cache=True)
-    def _zero_readings(mode, lo, lut, thr, code0, walk, lev, colw, cdf):
+    def _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf):
         """Noise-free reading of partial sum 0 per (tile, column): what an all-zero input plane reads."""
         tiles, cols = (lut.shape[0], lut.shape[1]) if mode == 0 else (thr.shape[0], thr.shape[1])
         out = np.empty((tiles, cols))
         for t in range(tiles):
             for c in range(cols):
-                out[t, c] = _read(mode, t, c, 0, lo, lut, thr, code0, walk, lev, colw, 0.0, cdf, np.uint64(0),
+                out[t, c] = _read(mode, t, c, 0, lo, lut, thr, code0, walk, qstep, lev, colw, 0.0, cdf, np.uint64(0),
                                   np.uint64(0))
         return out
 
     @njit(parallel=True, cache=True)
     def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, code0,
-                walk, lev, colw, sigma, cdf, seed, out):
+                walk, qstep, lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
         counted: its columns read ``zero[t, c]``, added with the plane's weight."""
@@ -278,8 +284,8 @@ if AVAILABLE:
                     if serial:
                         base = np.uint64((m * tiles + t) * cols * planes + p)
                         for c in range(cols):
-                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, code0, walk, lev, colw, sigma,
-                                                      cdf, seed, base + np.uint64(c * planes))
+                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, code0, walk, qstep, lev, colw,
+                                                      sigma, cdf, seed, base + np.uint64(c * planes))
                     else:
                         for c in range(cols):
                             total[c] += bitw_int[p] * s[c]
@@ -290,8 +296,28 @@ if AVAILABLE:
                 else:
                     base = np.uint64((m * tiles + t) * cols * planes)
                     for c in range(cols):
-                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, lev, colw, sigma, cdf, seed,
-                                        base + np.uint64(c * planes))
+                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, qstep, lev, colw, sigma,
+                                        cdf, seed, base + np.uint64(c * planes))
+            for n in range(n_out):
+                v = 0.0
+                for c in range(n, cols, n_out):
+                    v += acc[c]
+                out[m, n] = v
+
+
+    @njit(parallel=True, cache=True)
+    def _kernel_dense(ps, row0, planes, n_out, lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed,
+                      out):
+        """Multi-level inputs from a matmul: ``ps`` [T, m, C] (integer-valued floats) are the partial sums of
+        rows row0..row0+m-1, one reading each, keyed as :func:`_kernel` keys them (so the draws agree)."""
+        tiles, m_rows, cols = ps.shape
+        for m in prange(m_rows):
+            acc = np.zeros(cols)
+            for t in range(tiles):
+                base = np.uint64(((row0 + m) * tiles + t) * cols * planes)
+                for c in range(cols):
+                    acc[c] += _read(mode, t, c, np.int64(ps[t, m, c]), lo, lut, thr, code0, walk, qstep, lev, colw,
+                                    sigma, cdf, seed, base + np.uint64(c * planes))
             for n in range(n_out):
                 v = 0.0
                 for c in range(n, cols, n_out):
@@ -321,6 +347,9 @@ def _pack(v: torch.Tensor, tiles: int, rows: int, nbits: int) -> np.ndarray:
 def cim_matmul_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
                      generator: torch.Generator | None, table_cache: dict | None) -> torch.Tensor:
     """Same contract as :func:`nn.engine.cim_matmul` (CPU only): y [B, N] for integer inputs [B, K]."""
+    if cfg.quant.input_mode == "multilevel":
+        return _run_dense(lambda a, b: x_int[a:b], x_int.shape[0], 1, cells, cfg, shift, generator, table_cache,
+                          x_int.dtype)
     tiles = math.ceil(cells.shape[2] / cfg.array.rows)
     pad = tiles * cfg.array.rows - x_int.shape[1]
     xw = _pack(_input_bits(torch.nn.functional.pad(x_int, (0, pad)) if pad else x_int, cfg), tiles,
@@ -332,17 +361,27 @@ def conv_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
                generator: torch.Generator | None, table_cache: dict | None, kernel: tuple[int, int],
                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """A convolution on the crossbars, y [B, N, Ho, Wo], for integer inputs [B, C, H, W]: the windows are
-    bit-packed straight from the input (no im2col tensor), rows in F.unfold's (channel, ky, kx) order."""
+    bit-packed straight from the input (no im2col tensor), rows in F.unfold's (channel, ky, kx) order;
+    multi-level inputs are unfolded a few images at a time for the matmul."""
     b, _, h, w = x_int.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    rows = cfg.array.rows
-    tiles = math.ceil(cells.shape[2] / rows)
-    v = _input_bits(x_int, cfg)
-    codes = np.ascontiguousarray(v.to(torch.uint8 if cfg.quant.input_bits <= 8 else torch.int32).numpy())
-    xw = _pack_windows(codes, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
-    y = _run(xw, cells, cfg, shift, generator, table_cache, x_int.dtype)  # [B * Ho * Wo, N]
+    if cfg.quant.input_mode == "multilevel":
+        n_pos = ho * wo
+
+        def windows(start: int, stop: int) -> torch.Tensor:  # rows start..stop-1, whole images
+            u = torch.nn.functional.unfold(x_int[start // n_pos:stop // n_pos], kernel, dilation, padding, stride)
+            return u.transpose(1, 2).reshape(-1, u.shape[1])
+
+        y = _run_dense(windows, b * n_pos, n_pos, cells, cfg, shift, generator, table_cache, x_int.dtype)
+    else:
+        rows = cfg.array.rows
+        tiles = math.ceil(cells.shape[2] / rows)
+        v = _input_bits(x_int, cfg)
+        codes = np.ascontiguousarray(v.to(torch.uint8 if cfg.quant.input_bits <= 8 else torch.int32).numpy())
+        xw = _pack_windows(codes, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
+        y = _run(xw, cells, cfg, shift, generator, table_cache, x_int.dtype)  # [B * Ho * Wo, N]
     return y.reshape(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
 
 
@@ -351,43 +390,82 @@ def _input_bits(x_int: torch.Tensor, cfg: CIMConfig) -> torch.Tensor:
     return torch.remainder(x_int, 2**cfg.quant.input_bits) if cfg.quant.input_signed else x_int
 
 
-def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
-         generator: torch.Generator | None, table_cache: dict | None, dtype: torch.dtype) -> torch.Tensor:
-    """Read packed inputs ``xw`` [M, T, planes, words] through the crossbars of ``cells`` [S, 2, K, N]."""
-    adc, array, quant = cfg.adc, cfg.array, cfg.quant
+def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, generator: torch.Generator | None,
+             table_cache: dict | None) -> tuple[torch.Tensor, int, tuple]:
+    """(cells padded to whole tiles, ADC columns, the kernels' readout arguments from ``lo`` to ``seed``)."""
+    adc, array = cfg.adc, cfg.array
     n_slices, _, k, n = cells.shape
-    rows = array.rows
-    tiles = xw.shape[1]
-    pad = tiles * rows - k
-    if pad:
-        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
-    plus, minus = _columns(cells, array.signed_psum)
-    cols = plus.shape[0]
-    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
-    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
-          else np.zeros((1, 1, 1, 1), np.uint64))
-    bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
-    if quant.input_signed:
-        bitw_int[-1] = -bitw_int[-1]
+    tiles = math.ceil(k / array.rows)
+    if tiles * array.rows > k:
+        cells = torch.nn.functional.pad(cells, (0, 0, 0, tiles * array.rows - k))
+    n_pol = 1 if array.signed_psum else 2
+    cols = n_slices * n_pol * n
     lo, hi = cfg.psum_range
     thr_t, lev_t, step = adc_tables(adc, lo, hi, "cpu", torch.float64)
-    n_pol = 1 if array.signed_psum else 2
     slice_w = 2.0 ** (array.cell_bits * np.arange(n_slices))
     sign = np.array([1.0, -1.0][:n_pol])
     colw = np.broadcast_to((slice_w[:, None, None] * sign[None, :, None]), (n_slices, n_pol, n)).reshape(-1).copy()
     flat_shift = None if shift is None else shift.detach().reshape(tiles, cols, -1).to(torch.float64)
     mode, lut, thr, code0, cdf = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw, shift,
                                           table_cache)
-    walk = code0.shape[2] > 1
+    # a uniform scheme's unshifted codes are computed: the threshold count starts there and steps
+    first = 0 if lo >= 0 else -(2**adc.bits // 2)
+    qstep = np.array([step if adc.thresholds is None else 0.0, float(first)])
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
-    out = np.empty((xw.shape[0], n), np.float64)
-    lev = lev_t.numpy()
-    zero = _zero_readings(mode, lo, lut, thr, code0, walk, lev, colw, cdf) if not noisy else np.zeros((1, 1))
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    return cells, cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
+                         float(adc.noise_sigma), cdf, np.uint64(seed))
+
+
+def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
+         generator: torch.Generator | None, table_cache: dict | None, dtype: torch.dtype) -> torch.Tensor:
+    """Read packed inputs ``xw`` [M, T, planes, words] through the crossbars of ``cells`` [S, 2, K, N]."""
+    array, quant = cfg.array, cfg.quant
+    n = cells.shape[3]
+    tiles, rows = xw.shape[1], array.rows
+    cells, cols, rd = _prepare(cells, cfg, shift, generator, table_cache)
+    plus, minus = _columns(cells, array.signed_psum)
+    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
+    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
+          else np.zeros((1, 1, 1, 1), np.uint64))
+    bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
+    if quant.input_signed:
+        bitw_int[-1] = -bitw_int[-1]
+    noisy = cfg.adc.noise_sigma > 0 or cfg.adc.noise_table is not None
+    lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed = rd
+    zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if not noisy else np.zeros((1, 1))
+    out = np.empty((xw.shape[0], n), np.float64)
     _kernel(xw, wp, wm, minus is not None, quant.input_mode == "bit_serial", not noisy, zero,
-            bitw_int.astype(np.float64), bitw_int, n, lo, mode, lut, thr, code0, walk, lev, colw,
-            float(adc.noise_sigma), cdf, np.uint64(seed), out)
+            bitw_int.astype(np.float64), bitw_int, n, *rd, out)  # type: ignore[call-arg]
+    return torch.from_numpy(out).to(dtype)
+
+
+def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: int, cells: torch.Tensor,
+               cfg: CIMConfig, shift: torch.Tensor | None, generator: torch.Generator | None,
+               table_cache: dict | None, dtype: torch.dtype) -> torch.Tensor:
+    """Multi-level inputs: the partial sums of every tile come from a float matmul (exact: integers below
+    2^24 in float32, else float64), ``align``-row chunks of ``rows_of(start, stop)`` [m, K] at a time, and are
+    read by :func:`_kernel_dense`. A multi-level read has one plane of many levels: the popcount engine would
+    need one popcount per input bit, the matmul one multiply-add per row."""
+    array = cfg.array
+    n = cells.shape[3]
+    cells, cols, rd = _prepare(cells, cfg, shift, generator, table_cache)
+    n_slices, _, k, _ = cells.shape
+    tiles, rows = k // array.rows, array.rows
+    if array.signed_psum:
+        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)
+    lo, hi = cfg.psum_range
+    mm_dtype = torch.float32 if max(-lo, hi) < 2**24 else torch.float64
+    w = cells.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols).to(mm_dtype)
+    m = max(align, cfg.runtime.chunk_elements // (tiles * cols) // align * align)
+    out = np.empty((n_rows, n), np.float64)
+    for start in range(0, n_rows, m):
+        x = rows_of(start, min(start + m, n_rows)).detach().to(mm_dtype)
+        if x.shape[1] < k:
+            x = torch.nn.functional.pad(x, (0, k - x.shape[1]))
+        ps = torch.bmm(x.view(-1, tiles, rows).transpose(0, 1), w).numpy()  # [T, m, C]
+        _kernel_dense(ps, start, cfg.quant.input_bits, n, *rd, out[start:start + ps.shape[1]])  # type: ignore[call-arg]
     return torch.from_numpy(out).to(dtype)
 
 
@@ -425,7 +503,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         if noisy and small:
             grid = torch.arange(lo, hi + 1, dtype=t.dtype).expand(tiles, cols, -1).contiguous()
             code0 = torch.searchsorted(t, grid, right=True).to(torch.int16).numpy()
-        tables = MODE_THRESHOLDS, empty3, t.numpy(), code0, empty2
+        inf = torch.full((tiles, cols, 1), math.inf, dtype=t.dtype)
+        tables = MODE_THRESHOLDS, empty3, torch.cat([-inf, t, inf], -1).numpy(), code0, empty2
     if table_cache is not None:
         table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
     return tables

@@ -12,6 +12,7 @@ from scipy import stats
 
 from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConv2d, CIMLinear, QuantConfig, RuntimeConfig, fused
 from nn.adc import adc_read, adc_tables, sar_effective_thresholds
+from nn.engine import weight_cells as fused_weight_cells
 
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed (the engine falls back to torch)")
 
@@ -58,6 +59,40 @@ def test_fused_conv_packs_windows_like_unfold(stride, padding, dilation):
     conv = CIMConv2d(3, 5, 3, stride=stride, padding=padding, dilation=dilation, cim_config=cfg).double()
     conv.load_adc_offsets(np.random.default_rng(2).normal(0, 0.7, (2, 4, 15)))
     x = torch.rand(2, 3, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        a = conv(x)
+        conv.cim_config = replace(cfg, runtime=REF)
+        b = conv(x)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,signed,sigma", [("flash", False, 0.0), ("sar", False, 3.0), ("flash", True, 3.0)])
+def test_multilevel_matmul_path_equals_the_popcount_path_draw_for_draw(kind, signed, sigma):
+    """Multi-level inputs read through a float matmul's partial sums give exactly what the bit-packed
+    popcount kernel gives, noise draws included (same reading keys), on shifted thresholds."""
+    cfg = CIMConfig(adc=ADCConfig(bits=5, kind=kind, noise_sigma=sigma),
+                    array=ArrayConfig(rows=32, cell_bits=2, signed_psum=signed, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=4, input_bits=6, input_mode="multilevel", input_signed=signed))
+    torch.manual_seed(0)
+    layer = CIMLinear(70, 5, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(1).normal(0, 1.0, (2, 4, cfg.adc.n_thresholds)))
+    x_int, _, w_int, _ = layer.quantize(torch.randn(13, 70, dtype=torch.float64) * 2)
+    cells = fused_weight_cells(w_int, 4, 2)
+    tiles = 3
+    xw = fused._pack(fused._input_bits(torch.nn.functional.pad(x_int, (0, tiles * 32 - 70)), cfg), tiles, 32, 6)
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = fused.cim_matmul_fused(x_int, cells, cfg, layer.adc_shift, gen_a, None)
+    b = fused._run(xw, cells, cfg, layer.adc_shift, gen_b, None, x_int.dtype)
+    assert torch.equal(a, b) and (sigma == 0 or len(set(a.flatten().tolist())) > 20)
+
+
+def test_multilevel_conv_equals_reference_bit_for_bit():
+    cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=20, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=3, input_bits=4, input_mode="multilevel"))
+    torch.manual_seed(2)
+    conv = CIMConv2d(3, 4, 3, padding=1, stride=2, cim_config=cfg).double()
+    conv.load_adc_offsets(np.random.default_rng(3).normal(0, 1.0, (2, 4, cfg.adc.n_thresholds)))
+    x = torch.rand(3, 3, 9, 9, dtype=torch.float64) * 3
     with torch.no_grad():
         a = conv(x)
         conv.cim_config = replace(cfg, runtime=REF)
