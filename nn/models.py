@@ -69,6 +69,10 @@ class VGG(tnn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def stages(self) -> list[tnn.Module]:
+        """The forward as a chain of modules (a weight attack recomputes only from the stage it changed)."""
+        return [*self.features, *self.classifier]
+
 
 class _DenseLayer(tnn.Module):
     def __init__(self, c: int, growth: int, act_layer: type[tnn.Module]) -> None:
@@ -100,6 +104,10 @@ class DenseNet(tnn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+    def stages(self) -> list[tnn.Module]:
+        """The forward as a chain of modules (see :meth:`VGG.stages`)."""
+        return [*self.features, self.fc]
 
 
 class _Basic(tnn.Module):
@@ -137,6 +145,10 @@ class ResNet(tnn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+    def stages(self) -> list[tnn.Module]:
+        """The forward as a chain of modules (see :meth:`VGG.stages`)."""
+        return [*self.stem, *self.blocks, *self.head]
 
 
 register("vgg8")(lambda **k: VGG(**k))

@@ -71,6 +71,27 @@ def test_bfa_beats_random_flips(victim):
     assert evaluate(rand) > acc + 0.15  # the same number of random flips barely hurts
 
 
+def test_trial_flips_from_the_cached_stage_choose_what_full_forwards_choose(victim, monkeypatch):
+    """Recomputing a trial flip only from the stage that holds the flipped layer gives the losses, and so the
+    flips, of whole forwards: five BFA steps with and without the stage cache are identical."""
+    import nn.attacks.bfa as bfa_mod
+
+    model, data = victim
+    x, y = data.x_train[:64], data.y_train[:64]
+    chain = x
+    for stage in model.stages():
+        chain = stage(chain)
+    assert torch.equal(chain, model(x))  # the declared chain is the forward
+    runs = []
+    for use_stages in (True, False):
+        if not use_stages:
+            monkeypatch.setattr(bfa_mod, "_stages", lambda m: None)
+        m = copy.deepcopy(model)
+        bits, attack = StoredBits(m), BFA()
+        runs.append([attack.step(m, bits, x, y) for _ in range(5)])
+    assert runs[0] == runs[1] and sum(len(f) for f, _ in runs[0]) >= 5
+
+
 def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys):
     import shutil
 

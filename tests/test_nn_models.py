@@ -39,3 +39,15 @@ def test_tiny_models_float_and_cim(name):
     out.sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_declared_stages_chain_to_the_forward(name):
+    """``stages()`` (used by the bit-flip attack to recompute from a flipped layer on) is the forward."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(3, 1, 28, 28)
+    h = x
+    for stage in model.stages():
+        h = stage(h)
+    assert torch.equal(h, model(x))

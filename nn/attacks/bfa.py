@@ -6,7 +6,9 @@ and their reference code (elliothe/BFA, ``attack/BFA.py``); our own implementati
 1. one forward + backward on the attack batch gives dL/dw for every CIM layer;
 2. per layer, every stored bit gets the first-order loss change of flipping it, dL/dw * (the weight change
    the flip makes); only bits whose flip raises the loss are candidates (the reference's gradient mask);
-3. per layer, the top ``n`` candidates are flipped, the loss measured, and the layer restored;
+3. per layer, the top ``n`` candidates are flipped, the loss measured, and the layer restored (for a model
+   that gives its forward as a chain of stages, ``model.stages()``, the trial forward starts at the stage
+   holding the flipped layer, from that stage's input cached in step 1: a flip changes nothing before it);
 4. the layer with the largest loss keeps its flips; if no layer raised the loss, ``n`` grows by one and the
    search repeats (the progressive part).
 
@@ -143,6 +145,13 @@ class BFA:
         with torch.no_grad():
             return float(F.cross_entropy(model(x), y))
 
+    @staticmethod
+    def _loss_from(stages: list[torch.nn.Module], k: int, h: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.no_grad():
+            for stage in stages[k:]:
+                h = stage(h)
+            return float(F.cross_entropy(h, y))
+
     def step(self, model: torch.nn.Module, bits: StoredBits, x: torch.Tensor, y: torch.Tensor
              ) -> tuple[list[Flip], float]:
         """One iteration: (the bits flipped, the attack-batch loss after them)."""
@@ -151,8 +160,17 @@ class BFA:
         flags = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
+        stages = _stages(model)
+        inputs: list[torch.Tensor] = []
         try:
-            loss0 = F.cross_entropy(model(x), y)
+            if stages is None:
+                logits = model(x)
+            else:
+                logits = x
+                for stage in stages:
+                    inputs.append(logits.detach())
+                    logits = stage(logits)
+            loss0 = F.cross_entropy(logits, y)
             grads = torch.autograd.grad(loss0, params)
         finally:
             for p, f in zip(params, flags, strict=True):
@@ -168,7 +186,11 @@ class BFA:
                     continue
                 snap = bits.snapshot(i)
                 bits.flip(i, idx)
-                trial = self._loss(model, x, y)
+                if stages is None:
+                    trial = self._loss(model, x, y)
+                else:
+                    k = _stage_of(stages, bits.layers[i])
+                    trial = self._loss_from(stages, k, inputs[k], y)
                 bits.restore(i, snap)
                 if best is None or trial > best[0]:
                     best = (trial, i, idx)
@@ -193,6 +215,17 @@ class BFA:
                 if on_flip:
                     on_flip(f, loss, acc)
         return flips, acc, acc <= self.target_acc
+
+
+def _stages(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The model's forward as a chain of modules, where it declares one (``model.stages()``)."""
+    fn = getattr(model, "stages", None)
+    return list(fn()) if callable(fn) else None
+
+
+def _stage_of(stages: list[torch.nn.Module], layer: torch.nn.Module) -> int:
+    """Index of the first stage holding ``layer`` (0 when none does: recompute everything)."""
+    return next((k for k, s in enumerate(stages) if any(m is layer for m in s.modules())), 0)
 
 
 def random_flips(model: torch.nn.Module, n: int, generator: torch.Generator, bits: StoredBits | None = None
