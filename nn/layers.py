@@ -153,11 +153,21 @@ class _CIMMixin:
         x_int, sx, w_int, sw = self.quantize(x2d)
         return self.chip_matmul(x_int, w_int), x_int @ w_int.t(), sx * sw
 
-    def _on_chip(self, y_ideal: torch.Tensor, chip: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Forward value of the chip, gradient of the digital layer (straight through); digital mode skips it."""
+    def _on_chip(self, ideal: Callable[[], torch.Tensor], chip: Callable[[], torch.Tensor],
+                 *inputs: torch.Tensor) -> torch.Tensor:
+        """Forward value of the chip, gradient of the digital layer (straight through); digital mode skips the
+        chip, and a forward that no gradient can reach (no grad mode, or no input needing one) skips the
+        digital layer: both are integer-valued, so ``ideal + (chip - ideal)`` is ``chip`` exactly."""
         if self.digital:
-            return y_ideal
+            return ideal()
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
+            return chip()
+        y_ideal = ideal()
         return y_ideal + (chip() - y_ideal).detach()
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class CIMLinear(_CIMMixin, torch.nn.Linear):
@@ -173,7 +183,7 @@ class CIMLinear(_CIMMixin, torch.nn.Linear):
             raise CIMConfigError(f"CIMLinear: input has {x.shape[-1]} features, expected {self._k}")
         lead = x.shape[:-1]
         x_int, sx, w_int, sw = self.quantize(x.reshape(-1, x.shape[-1]))
-        y = self._on_chip(x_int @ w_int.t(), lambda: self.chip_matmul(x_int, w_int)) * (sx * sw)
+        y = self._on_chip(lambda: x_int @ w_int.t(), lambda: self.chip_matmul(x_int, w_int), x_int, w_int) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -209,7 +219,9 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
             raise CIMConfigError(f"CIMConv2d expects [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         pad = cast(tuple[int, int], self.padding)
         x_int, sx, w_int, sw = self.quantize(x)
-        y = F.conv2d(x_int, w_int.view_as(self.weight), None, self.stride, pad, self.dilation)  # digital layer
+
+        def digital() -> torch.Tensor:
+            return F.conv2d(x_int, w_int.view_as(self.weight), None, self.stride, pad, self.dilation)
 
         def chip() -> torch.Tensor:
             if fused.usable(self.cim_config, x_int):  # windows packed straight from the input, no im2col
@@ -219,12 +231,14 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
                     return fused.conv_fused(x_int.detach(), cells, self.cim_config, shift, self._gen(x.device),
                                             self._table_cache, cast(Any, self.kernel_size), cast(Any, self.stride),
                                             pad, cast(Any, self.dilation))
-            b, n, ho, wo = y.shape
             cols = F.unfold(x_int.detach(), self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
+            b, n = x.shape[0], self.out_channels
+            ho, wo = (_out_size(x.shape[2 + d], self.kernel_size[d], self.stride[d], pad[d], self.dilation[d])
+                      for d in (0, 1))
             y_cim = self.chip_matmul(cols.transpose(1, 2).reshape(-1, self._k), w_int)
             return y_cim.reshape(b, ho * wo, n).transpose(1, 2).reshape(b, n, ho, wo)
 
-        y = self._on_chip(y, chip) * (sx * sw)
+        y = self._on_chip(digital, chip, x_int, w_int) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
