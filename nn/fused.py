@@ -258,7 +258,8 @@ if AVAILABLE:
                 walk, qstep, lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
-        counted: its columns read ``zero[t, c]``, added with the plane's weight."""
+        counted: its columns read ``zero[t, c]``, added with the plane's weight. (Multi-level inputs,
+        ``serial`` False, normally take the matmul path, :func:`_run_dense`; this branch is its test oracle.)"""
         m_rows, tiles, planes, words = xw.shape
         cols = wp.shape[3]
         for m in prange(m_rows):
