@@ -206,16 +206,16 @@ if AVAILABLE:
         """ADC output (times the column's digital weight) of integer partial sum ``s``."""
         if mode == 0:
             return lut[t, c, s - lo]
-        if mode == 2:
+        if mode == 2:  # code = number of cumulative probabilities <= u, cdf [n_p, codes + 1] between sentinels
             u = _uniform(seed, key)
             row = s - lo
-            a, b = 0, cdf.shape[1]
-            while a < b:  # bisect_right(cdf[row], u): codes whose cumulative probability is <= u
-                mid = (a + b) >> 1
-                if cdf[row, mid] <= u:
-                    a = mid + 1
-                else:
-                    b = mid
+            a = np.int64(code0[0, 0, row])  # the row's median code, then a branch-free step
+            a += np.int64(cdf[row, a + 1] <= u) - np.int64(cdf[row, a] > u)
+            if cdf[row, a + 1] <= u or cdf[row, a] > u:
+                while cdf[row, a + 1] <= u:
+                    a += 1
+                while cdf[row, a] > u:
+                    a -= 1
             return lev[a] * colw[c]
         v = np.float64(s)
         if sigma > 0.0:
@@ -485,8 +485,12 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
     no_code0 = np.zeros((1, 1, 1), np.int16)
     if adc.noise_table is not None:
-        cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].numpy().copy()
-        return MODE_TABLE, empty3, empty3, no_code0, cdf
+        cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1]
+        cdf = cdf.contiguous()
+        median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
+        ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
+        cdf_padded = torch.cat([-ends, cdf, 2 * ends], -1).numpy()
+        return MODE_TABLE, empty3, empty3, median.reshape(1, 1, -1).to(torch.int16).numpy(), cdf_padded
     noisy = adc.noise_sigma > 0
     small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
     key = ("fused", noisy, cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
