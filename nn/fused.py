@@ -478,7 +478,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     Threshold mode reads a count of sorted thresholds (a SAR's search is turned into its equivalent sorted
     thresholds once per call, :func:`nn.adc.sar_effective_thresholds`). With Gaussian noise and a partial-sum
     range small enough, ``code0`` [T, C, n_p] holds each partial sum's noise-free code, and a noisy reading
-    steps from it over the one or two thresholds the noise crossed instead of bisecting all of them.
+    steps from it over the one or two thresholds the noise crossed instead of bisecting all of them; with a
+    noise table, ``code0`` [1, 1, n_p] holds each row's median code, where the inverse-CDF count starts.
     """
     adc = cfg.adc
     lo, hi = cfg.psum_range
