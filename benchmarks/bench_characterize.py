@@ -52,11 +52,13 @@ def naive_run(deck: str, workdir: Path, t_read_s: float = 0.99 * SenseTiming().t
     path.write_text(head + meas + ".end\n")
     out = subprocess.run(["ngspice", "-b", str(path)], capture_output=True, text=True, check=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1")).stdout
-    found = [re.search(rf"^{name}\s*=\s*(\S+)", out, re.M) for name in ("vo", "vob")]
-    if found[0] is None or found[1] is None:
-        raise RuntimeError(f"ngspice printed no .meas result for {path}:\n{out[-2000:]}")
-    vo, vob = (float(m.group(1)) for m in found)
-    return int(vob > vo)
+    values = []
+    for name in ("vo", "vob"):
+        m = re.search(rf"^{name}\s*=\s*(\S+)", out, re.M)
+        if m is None:
+            raise RuntimeError(f"ngspice printed no .meas {name} for {path}:\n{out[-2000:]}")
+        values.append(float(m.group(1)))
+    return int(values[1] > values[0])
 
 
 def _direct_batch(ctx: SpiceContext, pairs: np.ndarray) -> int:
