@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,11 @@ def run_train(ctx: Context) -> str:
     t = ctx.cfg.section("train")
     tag = t.pop("tag") or t["model"]
     cfg = train_config(t.pop("model"), seed=ctx.cfg.seed, **t)
+    # as `cimcosim train --workers N` does: the characterize stage's ngspice set OMP_NUM_THREADS=1 in this
+    # process, which torch would otherwise follow (a different thread count, a different float summation)
+    import torch
+
+    torch.set_num_threads(ctx.settings.workers or os.cpu_count() or 1)
     with ctx.bar(f"train {tag}", "epoch") as bar:
         doc = train(ctx.run_dir, cfg, tag, ctx.settings.device, _progress(bar))
     return f"{tag}: test_acc {doc['test_acc']:.4f}"
