@@ -76,7 +76,9 @@ def _mse_clip(x: torch.Tensor, top_clip: float, bits: int, signed: bool, n_grid:
     from nn.quant import input_code_range
 
     lo, hi, top = input_code_range(bits, signed)
-    v = x[:: max(1, x.numel() // 2**16)] if signed else x.clamp_min(0)[:: max(1, x.numel() // 2**16)]
+    v = x[:: max(1, x.numel() // 2**16)]
+    if not signed:
+        v = v.clamp_min(0)
     alphas = torch.linspace(top_clip / n_grid, top_clip, n_grid, dtype=v.dtype, device=v.device)
     step = (alphas / top)[:, None]
     err = (torch.clamp(torch.round(v[None, :] / step), lo, hi) * step - v[None, :]).pow(2).mean(1)

@@ -7,7 +7,7 @@ their weights before one read), multi-bit cells into bit-slices (summed with 2^b
 (``signed_psum``) subtract the negative cells' count; each partial sum is then read by its physical ADC in
 the same loop -- a table lookup (noise-free), a count of the column's shifted thresholds at or below the
 (noisy) value (a SAR's binary search is first turned into the sorted thresholds it is equivalent to; with
-noise, the count steps from the partial sum's noise-free code over the thresholds the noise crossed, else
+noise, or for a uniform scheme, the count steps from a start code over the few thresholds crossed, else
 it bisects), or an inverse-CDF draw from a measured noise table -- and shift-added into the output.
 Nothing of the size of the partial sums is ever stored: memory is the packed inputs (1 bit per input bit)
 and the output.
@@ -242,6 +242,15 @@ if AVAILABLE:
                 a -= 1
         return lev[a] * colw[c]
 
+    @njit(cache=True, inline="always")
+    def _fold_columns(acc, n_out, out, m):
+        """out[m, n] = sum of the readings of every column of output n (columns c = g * n_out + n)."""
+        for n in range(n_out):
+            v = 0.0
+            for c in range(n, acc.shape[0], n_out):
+                v += acc[c]
+            out[m, n] = v
+
     @njit(cache=True)
     def _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf):
         """Noise-free reading of partial sum 0 per (tile, column): what an all-zero input plane reads."""
@@ -299,11 +308,7 @@ if AVAILABLE:
                     for c in range(cols):
                         acc[c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, qstep, lev, colw, sigma,
                                         cdf, seed, base + np.uint64(c * planes))
-            for n in range(n_out):
-                v = 0.0
-                for c in range(n, cols, n_out):
-                    v += acc[c]
-                out[m, n] = v
+            _fold_columns(acc, n_out, out, m)
 
 
     @njit(parallel=True, cache=True)
@@ -319,11 +324,7 @@ if AVAILABLE:
                 for c in range(cols):
                     acc[c] += _read(mode, t, c, np.int64(ps[t, m, c]), lo, lut, thr, code0, walk, qstep, lev, colw,
                                     sigma, cdf, seed, base + np.uint64(c * planes))
-            for n in range(n_out):
-                v = 0.0
-                for c in range(n, cols, n_out):
-                    v += acc[c]
-                out[m, n] = v
+            _fold_columns(acc, n_out, out, m)
 
 
 def usable(cfg: CIMConfig, x: torch.Tensor) -> bool:
