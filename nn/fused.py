@@ -30,113 +30,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from nn import fused_noise
+from nn._numba_prims import _ZIG_R, AVAILABLE
 from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds
 from nn.config import CIMConfig
 
+if AVAILABLE:
+    import numba
+    from numba import njit, prange
+
+    from nn._numba_prims import _normal, _popcount
+
 logger = logging.getLogger(__name__)
 
-try:  # numba is a dependency of the project; without it the engine falls back to the torch path
-    import numba
-    from numba import njit, prange, types
-    from numba.extending import intrinsic
-
-    # numba's OpenMP layer leaves its threads spin-waiting after every parallel region; on a CPU shared
-    # with torch's own OpenMP pool that slowed every following torch op ~20x (measured: relu of 160k floats
-    # 0.05 ms -> 1 ms). The workqueue layer's threads sleep between regions.
-    if numba.config.THREADING_LAYER == "default":  # type: ignore[attr-defined]
-        numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
-    AVAILABLE = True
-except ImportError:  # pragma: no cover
-    AVAILABLE = False
-
 _LUT_MAX_ENTRIES = 2**25  # noise-free lookup tables up to 256 MiB (float64); larger: threshold search
-MODE_LUT, MODE_THRESHOLDS, MODE_TABLE = 0, 1, 2
-
-
-def _ziggurat_tables() -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Marsaglia and Tsang (2000), "The ziggurat method for generating random variables", 128 layers for the
-    standard normal, on 31-bit magnitudes: (R, kn, wn, fn)."""
-    m1, dn, vn = 2.0**31, 3.442619855899, 9.91256303526217e-3
-    tn, q = dn, vn / math.exp(-0.5 * dn * dn)
-    kn, wn, fn = np.zeros(128), np.zeros(128), np.zeros(128)
-    kn[0], kn[1] = (dn / q) * m1, 0.0
-    wn[0], wn[127] = q / m1, dn / m1
-    fn[0], fn[127] = 1.0, math.exp(-0.5 * dn * dn)
-    for i in range(126, 0, -1):
-        dn = math.sqrt(-2.0 * math.log(vn / dn + math.exp(-0.5 * dn * dn)))
-        kn[i + 1] = (dn / tn) * m1
-        tn = dn
-        fn[i] = math.exp(-0.5 * dn * dn)
-        wn[i] = dn / m1
-    return 3.442619855899, kn, wn, fn
-
-
-_ZIG_R, _ZIG_KN, _ZIG_WN, _ZIG_FN = _ziggurat_tables()
+MODE_LUT, MODE_THRESHOLDS, MODE_CUTS = 0, 1, 2
+_BLOCK = 16  # rows per block of the cut-table kernel
+__all__ = ["AVAILABLE", "cim_matmul_fused", "conv_fused", "describe", "usable", "_ZIG_R", "_normal"]
 
 if AVAILABLE:
-
-    @intrinsic
-    def _popcount(typingctx, x):  # noqa: ARG001 - numba's intrinsic signature
-        """LLVM ctpop on a uint64 (one POPCNT instruction on x86-64)."""
-        sig = types.uint64(types.uint64)
-
-        def codegen(context, builder, signature, args):  # noqa: ARG001
-            return builder.ctpop(args[0])
-
-        return sig, codegen
-
-    @njit(cache=True, inline="always")
-    def _mix(z):
-        """splitmix64 finalizer: a well-mixed 64-bit value of a 64-bit counter."""
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-    @njit(cache=True, inline="always")
-    def _bits(seed, key, j):
-        """64 random bits number ``j`` of reading ``key`` under ``seed`` (j > 0: the rare extra draws)."""
-        if j != 0:
-            seed = _mix(seed + np.uint64(j) * np.uint64(0xD1B54A32D192ED03))
-        return _mix(seed + (key + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
-
-    @njit(cache=True, inline="always")
-    def _uniform(seed, key, j=0):
-        """Uniform in [0, 1) of reading ``key`` under ``seed`` (53 random bits)."""
-        return np.float64(_bits(seed, key, j) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-    @njit(cache=True)
-    def _normal_tail(seed, key, z, kn, wn, fn):
-        """The ziggurat's rare branches (about 1.2 % of draws): the wedges and the tail beyond R."""
-        j = 1
-        while True:
-            iz = np.int64(z & np.uint64(127))
-            hz = np.float64(z >> np.uint64(33)) * (1.0 if (z >> np.uint64(32)) & np.uint64(1) else -1.0)
-            x = hz * wn[iz]
-            if abs(hz) < kn[iz]:
-                return x
-            if iz == 0:  # tail: Marsaglia's exponential rejection beyond R
-                while True:
-                    xt = -math.log(1.0 - _uniform(seed, key, j)) / _ZIG_R
-                    yt = -math.log(1.0 - _uniform(seed, key, j + 1))
-                    j += 2
-                    if yt + yt >= xt * xt:
-                        return _ZIG_R + xt if hz > 0 else -_ZIG_R - xt
-            if fn[iz] + _uniform(seed, key, j) * (fn[iz - 1] - fn[iz]) < math.exp(-0.5 * x * x):
-                return x
-            z = _bits(seed, key, j + 1)
-            j += 2
-
-    @njit(cache=True, inline="always")
-    def _normal(seed, key):
-        """Standard normal of reading ``key``: Marsaglia-Tsang ziggurat (128 layers) on the reading's own
-        counter stream; one draw, a compare and a multiply in 98.8 % of calls (Box-Muller's log, sqrt and
-        cos were ~5x the noise-free readout)."""
-        z = _bits(seed, key, 0)
-        iz = np.int64(z & np.uint64(127))
-        hz = np.float64(z >> np.uint64(33)) * (1.0 if (z >> np.uint64(32)) & np.uint64(1) else -1.0)
-        if abs(hz) < _ZIG_KN[iz]:
-            return hz * _ZIG_WN[iz]
-        return _normal_tail(seed, key, z, _ZIG_KN, _ZIG_WN, _ZIG_FN)
 
     @njit(parallel=True, cache=True)
     def _pack_rows(v, tiles, rows, nbits):
@@ -203,20 +115,10 @@ if AVAILABLE:
 
     @njit(cache=True, inline="always")
     def _read(mode, t, c, s, lo, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed, key):
-        """ADC output (times the column's digital weight) of integer partial sum ``s``."""
+        """ADC output (times the column's digital weight) of integer partial sum ``s``: a table lookup (noise
+        free) or a count of thresholds (Gaussian noise too wide for the cut tables of :mod:`nn.fused_noise`)."""
         if mode == 0:
             return lut[t, c, s - lo]
-        if mode == 2:  # code = number of cumulative probabilities <= u, cdf [n_p, codes + 1] between sentinels
-            u = _uniform(seed, key)
-            row = s - lo
-            a = np.int64(code0[0, 0, row])  # the row's median code, then a branch-free step
-            a += np.int64(cdf[row, a + 1] <= u) - np.int64(cdf[row, a] > u)
-            if cdf[row, a + 1] <= u or cdf[row, a] > u:
-                while cdf[row, a + 1] <= u:
-                    a += 1
-                while cdf[row, a] > u:
-                    a -= 1
-            return lev[a] * colw[c]
         v = np.float64(s)
         if sigma > 0.0:
             v += sigma * _normal(seed, key)
@@ -327,6 +229,75 @@ if AVAILABLE:
             _fold_columns(acc, n_out, out, m)
 
 
+    @njit(cache=True, inline="always")
+    def _add_cut_readings(weight, t, s, key0, kstep, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo, acc, code, e,
+                          slow):
+        """acc[c] += weight * the noisy reading of s[c], every column c of tile t (:func:`nn.fused_noise.cut_codes`)."""
+        fused_noise.cut_codes(s, t, cuts, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow)
+        for c in range(s.shape[0]):
+            acc[c] += weight * lev[code[c]] * colw[c]
+
+    @njit(parallel=True, cache=True)
+    def _kernel_cuts(xw, wp, wm, minus, serial, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo,
+                     out):
+        """:func:`_kernel` for noisy readouts through cut tables: every plane is read (an all-zero plane reads
+        partial sums 0, noise and all), readings keyed as :func:`_kernel` keys them. Blocks of ``_BLOCK`` rows
+        run tile by tile, so one tile's cuts serve the whole block from cache (row by row, a layer's tables,
+        tens of MB, were fetched again for every row)."""
+        m_rows, tiles, planes, words = xw.shape
+        cols = wp.shape[3]
+        kstep = np.uint64(planes)
+        for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
+            m0 = blk * _BLOCK
+            nb = min(_BLOCK, m_rows - m0)
+            acc = np.zeros((nb, cols))
+            s = np.empty(cols, np.int64)
+            total = np.empty(cols, np.int64)
+            code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+            for t in range(tiles):
+                for i in range(nb):
+                    m = m0 + i
+                    total[:] = 0
+                    for p in range(planes):
+                        live = False
+                        for k in range(words):
+                            if xw[m, t, p, k] != 0:
+                                live = True
+                                break
+                        if live:
+                            _psums(xw, wp, wm, minus, m, t, p, s)
+                        else:
+                            s[:] = 0
+                        if serial:
+                            _add_cut_readings(np.float64(bitw_int[p]), t, s,
+                                              np.uint64((m * tiles + t) * cols * planes + p), kstep, lo, thr, lev,
+                                              colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)
+                        else:
+                            for c in range(cols):
+                                total[c] += bitw_int[p] * s[c]
+                    if not serial:
+                        _add_cut_readings(1.0, t, total, np.uint64((m * tiles + t) * cols * planes), kstep, lo, thr,
+                                          lev, colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)
+            for i in range(nb):
+                _fold_columns(acc[i], n_out, out, m0 + i)
+
+    @njit(parallel=True, cache=True)
+    def _kernel_dense_cuts(ps, row0, planes, n_out, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo, out):
+        """:func:`_kernel_dense` through cut tables (the same reading keys)."""
+        tiles, m_rows, cols = ps.shape
+        kstep = np.uint64(planes)
+        for m in prange(m_rows):
+            acc = np.zeros(cols)
+            s = np.empty(cols, np.int64)
+            code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+            for t in range(tiles):
+                for c in range(cols):
+                    s[c] = np.int64(ps[t, m, c])
+                _add_cut_readings(1.0, t, s, np.uint64(((row0 + m) * tiles + t) * cols * planes), kstep, lo, thr, lev,
+                                  colw, sigma, cdf, seed, cuts, s_lo, acc, code, e, slow)
+            _fold_columns(acc, n_out, out, m)
+
+
 def usable(cfg: CIMConfig, x: torch.Tensor) -> bool:
     """True when the fused engine runs this call (CPU tensors, numba importable, not switched off)."""
     return AVAILABLE and cfg.runtime.fused and x.device.type == "cpu"
@@ -393,8 +364,9 @@ def _input_bits(x_int: torch.Tensor, cfg: CIMConfig) -> torch.Tensor:
 
 
 def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, generator: torch.Generator | None,
-             table_cache: dict | None) -> tuple[torch.Tensor, int, tuple]:
-    """(cells padded to whole tiles, ADC columns, the kernels' readout arguments from ``lo`` to ``seed``)."""
+             table_cache: dict | None) -> tuple[torch.Tensor, int, tuple, tuple]:
+    """(cells padded to whole tiles, ADC columns, the kernels' readout arguments from ``lo`` to ``seed``, and
+    (cuts, s_lo) for the cut-table kernels)."""
     adc, array = cfg.adc, cfg.array
     n_slices, _, k, n = cells.shape
     tiles = math.ceil(k / array.rows)
@@ -408,8 +380,8 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     sign = np.array([1.0, -1.0][:n_pol])
     colw = np.broadcast_to((slice_w[:, None, None] * sign[None, :, None]), (n_slices, n_pol, n)).reshape(-1).copy()
     flat_shift = None if shift is None else shift.detach().reshape(tiles, cols, -1).to(torch.float64)
-    mode, lut, thr, code0, cdf = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw, shift,
-                                          table_cache)
+    mode, lut, thr, code0, cdf, cuts, s_lo = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw,
+                                                      shift, table_cache)
     # a uniform scheme's unshifted codes are computed: the threshold count starts there and steps
     first = 0 if lo >= 0 else -(2**adc.bits // 2)
     qstep = np.array([step if adc.thresholds is None else 0.0, float(first)])
@@ -417,7 +389,7 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     return cells, cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
-                         float(adc.noise_sigma), cdf, np.uint64(seed))
+                         float(adc.noise_sigma), cdf, np.uint64(seed)), (cuts, s_lo)
 
 
 def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
@@ -426,7 +398,7 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     array, quant = cfg.array, cfg.quant
     n = cells.shape[3]
     tiles, rows = xw.shape[1], array.rows
-    cells, cols, rd = _prepare(cells, cfg, shift, generator, table_cache)
+    cells, cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
     plus, minus = _columns(cells, array.signed_psum)
     wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
     wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
@@ -434,12 +406,17 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
     if quant.input_signed:
         bitw_int[-1] = -bitw_int[-1]
-    noisy = cfg.adc.noise_sigma > 0 or cfg.adc.noise_table is not None
     lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed = rd
-    zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if not noisy else np.zeros((1, 1))
     out = np.empty((xw.shape[0], n), np.float64)
-    _kernel(xw, wp, wm, minus is not None, quant.input_mode == "bit_serial", not noisy, zero,
-            bitw_int.astype(np.float64), bitw_int, n, *rd, out)  # type: ignore[call-arg]
+    serial = quant.input_mode == "bit_serial"
+    if mode == MODE_CUTS:
+        _kernel_cuts(xw, wp, wm, minus is not None, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
+                     out)  # type: ignore[call-arg]
+        return torch.from_numpy(out).to(dtype)
+    noisy = sigma > 0
+    zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if not noisy else np.zeros((1, 1))
+    _kernel(xw, wp, wm, minus is not None, serial, not noisy, zero, bitw_int.astype(np.float64), bitw_int, n, *rd,
+            out)  # type: ignore[call-arg]
     return torch.from_numpy(out).to(dtype)
 
 
@@ -452,12 +429,13 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
     need one popcount per input bit, the matmul one multiply-add per row."""
     array = cfg.array
     n = cells.shape[3]
-    cells, cols, rd = _prepare(cells, cfg, shift, generator, table_cache)
+    cells, cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
+    lo, mode, _, thr, _, _, _, lev, colw, sigma, cdf, seed = rd
     n_slices, _, k, _ = cells.shape
     tiles, rows = k // array.rows, array.rows
     if array.signed_psum:
         cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)
-    lo, hi = cfg.psum_range
+    hi = cfg.psum_range[1]
     mm_dtype = torch.float32 if max(-lo, hi) < 2**24 else torch.float64
     w = cells.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols).to(mm_dtype)
     m = max(align, cfg.runtime.chunk_elements // (tiles * cols) // align * align)
@@ -467,51 +445,69 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
         if x.shape[1] < k:
             x = torch.nn.functional.pad(x, (0, k - x.shape[1]))
         ps = torch.bmm(x.view(-1, tiles, rows).transpose(0, 1), w).numpy()  # [T, m, C]
-        _kernel_dense(ps, start, cfg.quant.input_bits, n, *rd, out[start:start + ps.shape[1]])  # type: ignore[call-arg]
+        if mode == MODE_CUTS:
+            _kernel_dense_cuts(ps, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
+                               out[start:start + ps.shape[1]])  # type: ignore[call-arg]
+        else:
+            _kernel_dense(ps, start, cfg.quant.input_bits, n, *rd, out[start:start + ps.shape[1]])  # type: ignore[call-arg]
     return torch.from_numpy(out).to(dtype)
 
 
 def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, flat_shift: torch.Tensor | None,
              tiles: int, cols: int, colw: np.ndarray, shift: torch.Tensor | None, table_cache: dict | None
-             ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mode, lut, thresholds, code0, cdf) of the kernel; unused ones are 1-element placeholders.
+             ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(mode, lut, thresholds, code0, cdf, cuts, s_lo) of the kernel; unused ones are 1-element placeholders.
 
-    Threshold mode reads a count of sorted thresholds (a SAR's search is turned into its equivalent sorted
-    thresholds once per call, :func:`nn.adc.sar_effective_thresholds`). With Gaussian noise and a partial-sum
-    range small enough, ``code0`` [T, C, n_p] holds each partial sum's noise-free code, and a noisy reading
-    steps from it over the one or two thresholds the noise crossed instead of bisecting all of them; with a
-    noise table, ``code0`` [1, 1, n_p] holds each row's median code, where the inverse-CDF count starts.
+    Noise free: a lookup table per (tile, column, partial sum) where it fits, else a count of sorted thresholds
+    (a SAR's search is turned into its equivalent sorted thresholds once per call,
+    :func:`nn.adc.sar_effective_thresholds`). Noisy: cut tables (:mod:`nn.fused_noise`) for a measured noise
+    table, and for Gaussian noise up to 0.6 of the threshold spacing where the table fits; wider Gaussian noise
+    counts thresholds from each partial sum's noise-free code ``code0`` [T, C, n_p] (or bisects where that
+    table is too large).
     """
     adc = cfg.adc
     lo, hi = cfg.psum_range
-    empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
-    no_code0 = np.zeros((1, 1, 1), np.int16)
-    if adc.noise_table is not None:
-        cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1]
-        cdf = cdf.contiguous()
-        median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
-        ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
-        cdf_padded = torch.cat([-ends, cdf, 2 * ends], -1).numpy()
-        return MODE_TABLE, empty3, empty3, median.reshape(1, 1, -1).to(torch.int16).numpy(), cdf_padded
-    noisy = adc.noise_sigma > 0
-    small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
-    key = ("fused", noisy, cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
+    key = ("fused", cfg, tiles, cols, None if shift is None else (shift._version, tuple(shift.shape)))
     if table_cache is not None and table_cache.get("fused_key") == key and table_cache.get("fused_shift") is shift:
         return table_cache["fused_tables"]
-    if not noisy and small:
+    empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
+    no_code0, no_cuts = np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1, 2), np.uint64)
+    small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
+    tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+    if adc.noise_table is not None:
+        cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].contiguous()
+        median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
+        ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
+        cdf_padded = np.ascontiguousarray(torch.cat([-ends, cdf, 2 * ends], -1).numpy())
+        cuts = fused_noise.table_cuts(cdf_padded, median.reshape(-1).numpy())
+        tables = MODE_CUTS, empty3, empty3, no_code0, cdf_padded, cuts, lo
+    elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
-        tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2
+        tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo
     else:
         t = thr.expand(tiles, cols, -1) if flat_shift is None else thr + flat_shift
         if adc.kind == "sar" and flat_shift is not None:  # (unshifted thresholds are sorted: both read alike)
             t = sar_effective_thresholds(t)
-        t = torch.sort(t, -1).values.contiguous()
-        code0 = no_code0
-        if noisy and small:
-            grid = torch.arange(lo, hi + 1, dtype=t.dtype).expand(tiles, cols, -1).contiguous()
-            code0 = torch.searchsorted(t, grid, right=True).to(torch.int16).numpy()
+        t = torch.sort(t, -1).values
         inf = torch.full((tiles, cols, 1), math.inf, dtype=t.dtype)
-        tables = MODE_THRESHOLDS, empty3, torch.cat([-inf, t, inf], -1).numpy(), code0, empty2
+        padded = torch.cat([-inf, t, inf], -1).numpy()
+        sigma = float(adc.noise_sigma)
+        spacing = float(torch.diff(thr).min()) if thr.numel() > 1 else math.inf
+        if sigma > 0:
+            # no offsets: every column reads alike, one row of cuts serves them all
+            cut_thr = np.ascontiguousarray(padded[:1, :1] if flat_shift is None else padded)
+            s_lo, n_s = fused_noise.gaussian_range(cut_thr, sigma, lo, hi)
+            if sigma <= 0.6 * spacing and cut_thr.shape[0] * cut_thr.shape[1] * n_s <= fused_noise.MAX_ENTRIES:
+                cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma)
+                tables = MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo
+                if table_cache is not None:
+                    table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
+                return tables
+        code0 = no_code0
+        if sigma > 0 and small:
+            grid = torch.arange(lo, hi + 1, dtype=t.dtype).expand(tiles, cols, -1).contiguous()
+            code0 = torch.searchsorted(t.contiguous(), grid, right=True).to(torch.int16).numpy()
+        tables = MODE_THRESHOLDS, empty3, padded, code0, empty2, no_cuts, lo
     if table_cache is not None:
         table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
     return tables

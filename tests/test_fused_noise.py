@@ -1,0 +1,111 @@
+"""Cut-table noisy readout (nn/fused_noise.py): every reading is the exact inverse-CDF draw of its uniform."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from nn import ADCConfig, ArrayConfig, CIMConfig, CIMLinear, QuantConfig, RuntimeConfig, fused, fused_noise
+
+pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed (the engine falls back to torch)")
+
+
+def _uniforms(seed: np.uint64, keys: np.ndarray) -> np.ndarray:
+    """The u in [0, 1) each reading is drawn with: its random word's top 15 bits plus the second word's fraction."""
+    from nn._numba_prims import _bits, _uniform
+
+    return np.array([(float(_bits(seed, np.uint64(k), 0) >> np.uint64(49)) + _uniform(seed, np.uint64(k), 1)) / 32768
+                     for k in keys])
+
+
+def _padded(thr: np.ndarray) -> np.ndarray:
+    inf = np.full(thr.shape[:-1] + (1,), math.inf)
+    return np.ascontiguousarray(np.concatenate([-inf, np.sort(thr, -1), inf], -1))
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.5, 1.5])
+def test_gaussian_cut_codes_are_the_exact_inverse_cdf_draw_for_draw(sigma):
+    """Per reading, the code equals #{k: u >= Phi((T_k - s) / sigma)} for that reading's own u, on shifted
+    thresholds, partial sums beyond the table's clamped range included; sigma 1.5 (1.5 threshold spacings)
+    sends many readings down the slow path, sigma 0.3 almost none."""
+    rng = np.random.default_rng(0)
+    tiles, cols, n_thr = 2, 6, 31
+    thr = _padded(np.arange(n_thr)[None, None, :] + 0.5 + rng.normal(0, 0.6, (tiles, cols, n_thr)))
+    lo, hi = 0, 128
+    s_lo, n_s = fused_noise.gaussian_range(thr, sigma, lo, hi)
+    assert s_lo + n_s - 1 < hi  # the clamp is exercised
+    cuts = fused_noise.gaussian_cuts(thr, s_lo, n_s, sigma)
+    seed, planes = np.uint64(987654321), 3
+    code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+    mismatches, n_slow, total = 0, 0, 0
+    for trial in range(400):
+        t = trial % tiles
+        s = rng.integers(lo, hi + 1, cols) if trial % 4 == 0 else rng.integers(0, 34, cols)
+        key0 = np.uint64(trial * cols * planes)
+        fused_noise.cut_codes(s, t, cuts, s_lo, lo, seed, key0, np.uint64(planes), thr, sigma, np.zeros((1, 1)),
+                              e, code, slow)
+        u = _uniforms(seed, key0 + np.arange(cols, dtype=np.uint64) * np.uint64(planes))
+        p = 0.5 * np.vectorize(math.erfc)(-(thr[t, :, 1:-1] - s[:, None]) / sigma / math.sqrt(2))
+        exact = (u[:, None] >= p).sum(-1)
+        mismatches += int((exact != code).sum())
+        n_slow += int(slow.sum())
+        total += cols
+    assert mismatches == 0
+    assert (n_slow > total * 0.02) if sigma == 1.5 else (n_slow < total * 0.01)
+
+
+def test_table_cut_codes_are_the_exact_inverse_cdf_draw_for_draw():
+    """A measured noise table (P(code | psum) rows, some codes of zero probability) reads as the inverse CDF of
+    each reading's u, including rows whose mass lies outside the three-code window."""
+    rng = np.random.default_rng(1)
+    n_codes, rows = 8, 20
+    table = rng.dirichlet(np.full(n_codes, 0.4), size=rows)
+    table[3] = 0
+    table[3, [0, 7]] = 0.5  # mass at both ends, far outside any window
+    cdf = np.cumsum(table, -1)[:, :-1]
+    median = (cdf < 0.5).sum(-1)
+    cdf_p = np.ascontiguousarray(np.concatenate([-np.ones((rows, 1)), cdf, 2 * np.ones((rows, 1))], -1))
+    cuts = fused_noise.table_cuts(cdf_p, median)
+    lo, seed, cols = -5, np.uint64(3), 16
+    code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+    for trial in range(300):
+        s = rng.integers(lo, lo + rows, cols)
+        key0 = np.uint64(trial * cols)
+        fused_noise.cut_codes(s, 0, cuts, lo, lo, seed, key0, np.uint64(1), np.zeros((1, 1, 1)), 0.0, cdf_p, e, code,
+                              slow)
+        u = _uniforms(seed, key0 + np.arange(cols, dtype=np.uint64))
+        exact = (u[:, None] >= cdf[s - lo]).sum(-1)
+        assert np.array_equal(exact, code)
+
+
+@pytest.mark.parametrize("kind", ["flash", "sar"])
+def test_layer_gaussian_cut_path_reads_like_the_reference(kind):
+    """A layer with Gaussian noise of half an LSB on a chip's shifted thresholds takes the cut tables and reads
+    like the reference path's threshold loop / SAR search (chi-square, false-alarm rate 1e-3)."""
+    cfg = CIMConfig(adc=ADCConfig(bits=4, kind=kind, noise_sigma=0.5, psum_max=15.0),
+                    array=ArrayConfig(rows=16, n_macros=1, adcs_per_macro=1), quant=QuantConfig(weight_bits=2,
+                                                                                                input_bits=1))
+    torch.manual_seed(3)
+    layer = CIMLinear(16, 1, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(2).normal(0, 0.5, (1, 1, cfg.adc.n_thresholds)))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    x = torch.ones(6000, 16, dtype=torch.float64)
+    x[:, 7:] = 0
+    layer.set_noise_seed(11)
+    x_int, _, w_int, _ = layer.quantize(x)
+    a = layer.chip_matmul(x_int, w_int)
+    assert layer._table_cache["fused_tables"][0] == fused.MODE_CUTS
+    layer.cim_config = replace(cfg, runtime=RuntimeConfig(fused=False))
+    b = layer.chip_matmul(x_int, w_int)
+    values = sorted(set(a.flatten().tolist()) | set(b.flatten().tolist()))
+    ca = np.array([(a == v).sum().item() for v in values])
+    cb = np.array([(b == v).sum().item() for v in values])
+    keep = (ca + cb) >= 10
+    _, p, _, _ = stats.chi2_contingency(np.stack([ca[keep], cb[keep]]))
+    assert keep.sum() >= 3 and p > 1e-3
