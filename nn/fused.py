@@ -8,7 +8,8 @@ their weights before one read), multi-bit cells into bit-slices (summed with 2^b
 the same loop -- a table lookup (noise-free), a count of the column's shifted thresholds at or below the
 (noisy) value (a SAR's binary search is first turned into the sorted thresholds it is equivalent to; with
 noise, or for a uniform scheme, the count steps from a start code over the few thresholds crossed, else
-it bisects), or an inverse-CDF draw from a measured noise table -- and shift-added into the output.
+it bisects), or, for noisy readings, an inverse-CDF draw through the cut tables of :mod:`nn.fused_noise`
+(measured noise tables, Gaussian noise up to 0.6 threshold spacings) -- and shift-added into the output.
 Nothing of the size of the partial sums is ever stored: memory is the packed inputs (1 bit per input bit)
 and the output.
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from nn import fused_noise
-from nn._numba_prims import _ZIG_R, AVAILABLE
+from nn._numba_prims import AVAILABLE
 from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds
 from nn.config import CIMConfig
 
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 _LUT_MAX_ENTRIES = 2**25  # noise-free lookup tables up to 256 MiB (float64); larger: threshold search
 MODE_LUT, MODE_THRESHOLDS, MODE_CUTS = 0, 1, 2
 _BLOCK = 16  # rows per block of the cut-table kernel
-__all__ = ["AVAILABLE", "cim_matmul_fused", "conv_fused", "describe", "usable", "_ZIG_R", "_normal"]
 
 if AVAILABLE:
 

@@ -18,6 +18,12 @@ one design, from a generator seeded by SeedSequence(seed, spawn_key=(stage, ADC 
   references of W/L 4) enters at the edge of the range, where it converts the same. Flash comparators are
   independent by construction, so its copula is ``paper`` (the fitted censored-normal marginals, which
   handle the censoring exactly).
+- ``gaussian-copula``: SAR draws a Gaussian copula of the measured vectors: standard normals with the
+  correlation of the vectors' normal scores (rank -> Phi^-1), each mapped through its reference's measured
+  quantile function (linear between the order statistics at plotting positions (i - 1/2) / S). The
+  marginals are the measured ones (their skew, and the mass of censored trip points at the range's edge,
+  kept); only the dependence is assumed Gaussian. Chips take values between the measured order statistics
+  (not beyond the measured extremes). Flash as ``copula``.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import special, stats
 
-CHIP_MODELS: tuple[str, ...] = ("paper", "empirical", "copula")
+CHIP_MODELS: tuple[str, ...] = ("paper", "empirical", "copula", "gaussian-copula")
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,25 @@ def draw_offsets_a(model: str, kind: str, m: MeasuredOffsets, rng: np.random.Gen
             return draw_offsets_a("paper", kind, m, rng, shape)
         mean, root = mvn_root(_need_vectors(m, model))
         return mean + rng.standard_normal((*shape, n_thr)) @ root.T
+    if model == "gaussian-copula":
+        if kind == "flash":
+            return draw_offsets_a("paper", kind, m, rng, shape)
+        vec = _need_vectors(m, model)
+        _, root = mvn_root(normal_scores(vec))
+        u = special.ndtr(rng.standard_normal((*shape, n_thr)) @ root.T)
+        ordered = np.sort(vec, axis=0)
+        positions = (np.arange(len(vec)) + 0.5) / len(vec)
+        return np.stack([np.interp(u[..., j], positions, ordered[:, j]) for j in range(n_thr)], axis=-1)
     raise ValueError(f"unknown chip model {model!r}; choose from {list(CHIP_MODELS)}")
+
+
+def normal_scores(vectors: np.ndarray) -> np.ndarray:
+    """Phi^-1 of each column's mid-ranks (ties share their mean rank), scaled so every column has unit
+    variance: the Gaussian copula's view of the samples."""
+    ranks = stats.rankdata(vectors, axis=0)
+    z = special.ndtri((ranks - 0.5) / len(vectors))
+    sd = z.std(axis=0)
+    return z / np.where(sd > 0, sd, 1.0)
 
 
 def mvn_root(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

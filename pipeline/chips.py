@@ -64,7 +64,7 @@ class ChipsConfig:
     """'direct' (mean and sigma from the measured trip points; defined at every level) or 'probit'
     (the paper's back-calculation, zero mean; undefined where the pass rate is <= 1/2)."""
     model: str = "copula"
-    """Chip model that draws the table: 'paper' | 'empirical' | 'copula' (pipeline.chip_models); the
+    """Chip model that draws the table: 'paper' | 'empirical' | 'copula' | 'gaussian-copula' (pipeline.chip_models); the
     default is the one that validated best (README). Every model is validated whichever is chosen."""
     seed: int = 1
     """Root seed of the chip draws."""

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from circuits.ngspice import NgspiceUnavailable, SimulationError
 from circuits.technology import TechnologyError
 from pipeline.artifacts import ArtifactError
+from pipeline.chip_models import CHIP_MODELS
 from pipeline.chips import ChipsConfig
 from pipeline.cli_nn import bars_off
 from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError
@@ -97,7 +98,7 @@ def _add_chips_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns-per-macro", type=int, default=d.columns_per_macro)
     p.add_argument("--columns-per-adc", type=int, default=d.columns_per_adc)
     p.add_argument("--sigma-source", default=d.sigma_source, help="direct | probit (the paper model's sigma)")
-    p.add_argument("--model", default=d.model, help=f"chip model: paper | empirical | copula ({d.model})")
+    p.add_argument("--model", default=d.model, help=f"chip model: {' | '.join(CHIP_MODELS)} ({d.model})")
     p.add_argument("--seed", type=int, default=d.seed)
 
 

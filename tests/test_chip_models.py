@@ -70,6 +70,29 @@ def test_copula_sample_covariance_converges_to_the_measured_one():
     assert not (d[:, None, :] == vectors[None]).all(axis=2).any()
 
 
+def test_gaussian_copula_keeps_the_measured_marginals_and_their_normal_score_correlation():
+    """Skewed, partly censored vectors: each reference's draws follow its measured quantiles (censored mass at
+    the edge included), the normal scores correlate as the measured ones, and no draw leaves the measured range."""
+    from pipeline.chip_models import normal_scores
+
+    vectors, _ = _correlated_vectors(400)
+    vectors = vectors + 0.3 * np.abs(vectors - vectors.mean(0)) ** 1.5 / 1e-7**0.5  # skew the marginals
+    edge = np.quantile(vectors[:, -1], 0.7)
+    vectors[:, -1] = np.minimum(vectors[:, -1], edge)  # 30 % censored at the last reference
+    m = _measured(vectors)
+    d = draw_offsets_a("gaussian-copula", "sar", m, np.random.default_rng(8), (20000, 1)).reshape(-1, N_THR)
+    for j in (0, 15, N_THR - 1):
+        q = np.linspace(0.05, 0.95, 19)
+        spread = np.quantile(vectors[:, j], 0.95) - np.quantile(vectors[:, j], 0.05)
+        assert np.abs(np.quantile(d[:, j], q) - np.quantile(vectors[:, j], q)).max() < 0.05 * spread
+    assert abs((d[:, -1] == edge).mean() - 0.3) < 0.02
+    assert d.min() >= vectors.min() and d.max() <= vectors.max()
+    target = np.corrcoef(normal_scores(vectors), rowvar=False)
+    got = np.corrcoef(normal_scores(d), rowvar=False)
+    off = ~np.eye(N_THR, dtype=bool)
+    assert np.abs(got - target)[off].max() < 0.05
+
+
 def test_paper_model_moves_every_sar_threshold_by_the_same_z():
     m = _measured(None)
     off = draw_offsets_a("paper", "sar", m, np.random.default_rng(0), (8, 4)).reshape(-1, N_THR)
@@ -212,7 +235,7 @@ def test_chips_validates_every_model_against_the_held_out_chips(validated_run, t
     doc = json.loads(RunPaths(run).validation.read_text())
     assert doc["model"] == "copula" and doc["spice_set"] == "validation"
     for key in ("flash_wl4", "sar_wl4"):
-        assert set(doc["models"][key]) == {"paper", "empirical", "copula"}
+        assert set(doc["models"][key]) == {"paper", "empirical", "copula", "gaussian-copula"}
         for model, rec in doc["models"][key].items():
             assert rec["n_spice_chips"] == 4 and rec["model"] == model
             assert len(rec["code_error_std_spice"]) == len(rec["code_error_std_table"]) == N_THR + 1

@@ -108,7 +108,7 @@ def test_chips_validation_and_neurosim_export(fitted):
         assert 0 <= rec["mean_tv"] <= rec["max_tv"] <= 1 and len(rec["tv_per_level"]) == 32
         assert rec["spice_set"] == "in_sample" and rec["model"] == "paper"
     assert v["flash_wl10"]["consistent"], v["flash_wl10"]  # Flash: independent Gaussian comparators hold
-    assert set(out["models"]["sar_wl4"]) == {"paper", "empirical", "copula"}
+    assert set(out["models"]["sar_wl4"]) == {"paper", "empirical", "copula", "gaussian-copula"}
     csv = pd.read_csv(RunPaths(fitted).chips / "neurosim_sar_wl10.csv")
     assert list(csv.columns) == ["output", "mean", "std"] and len(csv) == 33
     flash = pd.read_csv(RunPaths(fitted).chips / "neurosim_flash_wl10.csv")

@@ -188,7 +188,7 @@ def test_fused_noise_table_matches_reference_distribution():
 def test_ziggurat_normal_is_standard_normal_tails_included():
     """The counter-based ziggurat draw: KS against N(0, 1) on 200k keys (false alarm 1e-3 at a fixed seed), and
     the share beyond the ziggurat's base R (drawn by the tail branch) within 5 sigma of its expectation."""
-    from nn.fused import _ZIG_R, _normal
+    from nn._numba_prims import _ZIG_R, _normal
 
     seed = np.uint64(12345)
     z = np.array([_normal(seed, np.uint64(k)) for k in range(200_000)])
