@@ -3,14 +3,29 @@ ziggurat normal on it (every reading gets its own draw, independent of threads a
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+
+ENGINE_SOURCES = ("_numba_prims.py", "fused_noise.py", "fused.py")
+"""The files whose numba functions inline each other (one cache key for all of them)."""
 
 try:  # numba is a dependency of the project; without it the engine falls back to the torch path
     import numba
     from numba import njit, types
     from numba.extending import intrinsic
+
+    # numba's on-disk cache checks only the file that defines a function, but our kernels inline functions
+    # of the other engine files: an edit of one file would leave stale inlined code in another's cache
+    # (seen: a changed table layout in fused_noise.py read through fused.py's cached kernel). Caches are
+    # therefore kept per content hash of all the engine's numba sources, unless NUMBA_CACHE_DIR is set.
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        _here = Path(__file__).resolve().parent
+        _digest = hashlib.sha256(b"".join((_here / f).read_bytes() for f in ENGINE_SOURCES)).hexdigest()[:16]
+        numba.config.CACHE_DIR = str(_here / "__pycache__" / f"numba-{_digest}")  # type: ignore[attr-defined]
 
     # numba's OpenMP layer leaves its threads spin-waiting after every parallel region; on a CPU shared
     # with torch's own OpenMP pool that slowed every following torch op ~20x (measured: relu of 160k floats

@@ -69,10 +69,11 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True)
     def gaussian_cuts(thr, s_lo, n_s, sigma):
-        """Cut table [T, C, n_s] of Gaussian readings for partial sums s_lo .. s_lo + n_s - 1."""
+        """Cut table [T, n_s, C, 2] of Gaussian readings for partial sums s_lo .. s_lo + n_s - 1 (columns
+        innermost: neighbouring columns reading the same partial sum share cache lines)."""
         tiles, cols, width = thr.shape
         n_codes = width - 1
-        out = np.empty((tiles, cols, n_s, 2), np.uint64)
+        out = np.empty((tiles, n_s, cols, 2), np.uint64)
         for t in prange(tiles):
             p = np.ones(WINDOW + 1)
             for c in range(cols):
@@ -88,22 +89,22 @@ if AVAILABLE:
                     base = min(max(a - 2, 0), max(n_codes - WINDOW, 0))
                     for j in range(WINDOW + 1):
                         p[j] = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
-                    _pack(base, p, out[t, c, r])
+                    _pack(base, p, out[t, r, c])
         return out
 
     @njit(cache=True)
     def table_cuts(cdf, median):
-        """Cut table [1, 1, rows] of a measured noise table; ``cdf`` [rows, codes + 1] holds P(code < k)
+        """Cut table [1, rows, 1, 2] of a measured noise table; ``cdf`` [rows, codes + 1] holds P(code < k)
         between a -1 and a 2 sentinel, ``median`` the row's median code."""
         rows, width = cdf.shape
         n_codes = width - 1
-        out = np.empty((1, 1, rows, 2), np.uint64)
+        out = np.empty((1, rows, 1, 2), np.uint64)
         p = np.ones(WINDOW + 1)
         for r in range(rows):
             base = min(max(np.int64(median[r]) - 2, 0), max(n_codes - WINDOW, 0))
             for j in range(WINDOW + 1):
                 p[j] = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
-            _pack(base, p, out[0, 0, r])
+            _pack(base, p, out[0, r, 0])
         return out
 
     @njit(cache=True)
@@ -130,17 +131,17 @@ if AVAILABLE:
         is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [C, 2] and ``slow`` [C] are scratch."""
         cols = s.shape[0]
         ti = t if tab.shape[0] > 1 else 0
-        n_s = tab.shape[2]
-        if tab.shape[1] > 1:
+        n_s = tab.shape[1]
+        if tab.shape[2] > 1:
             for c in range(cols):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
-                e[c, 0] = tab[ti, c, r, 0]
-                e[c, 1] = tab[ti, c, r, 1]
+                e[c, 0] = tab[ti, r, c, 0]
+                e[c, 1] = tab[ti, r, c, 1]
         else:
             for c in range(cols):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
-                e[c, 0] = tab[ti, 0, r, 0]
-                e[c, 1] = tab[ti, 0, r, 1]
+                e[c, 0] = tab[ti, r, 0, 0]
+                e[c, 1] = tab[ti, r, 0, 1]
         any_slow = np.uint64(0)
         for c in range(cols):
             u = (_bits(seed, key0 + np.uint64(c) * kstep, 0) >> np.uint64(49)) * _ONES
