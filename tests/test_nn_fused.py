@@ -86,12 +86,19 @@ def test_multilevel_matmul_path_equals_the_popcount_path_draw_for_draw(kind, sig
     assert torch.equal(a, b) and (sigma == 0 or len(set(a.flatten().tolist())) > 20)
 
 
-def test_multilevel_conv_equals_reference_bit_for_bit():
+@pytest.mark.parametrize("lut_limit,offset_lsb", [(None, 1.0), (0, 1.0), (0, 3.0)])
+def test_multilevel_conv_equals_reference_bit_for_bit(lut_limit, offset_lsb, monkeypatch):
+    """Multi-level conv == reference, through the lookup table or (tables off) the computed code stepped over
+    the chip's offsets (3 LSB offsets: codes more than one step away walk on)."""
+    if lut_limit is not None:
+        monkeypatch.setattr(fused, "_LUT_MAX_ENTRIES", lut_limit)
     cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=20, n_macros=2, adcs_per_macro=4),
                     quant=QuantConfig(weight_bits=3, input_bits=4, input_mode="multilevel"))
     torch.manual_seed(2)
     conv = CIMConv2d(3, 4, 3, padding=1, stride=2, cim_config=cfg).double()
-    conv.load_adc_offsets(np.random.default_rng(3).normal(0, 1.0, (2, 4, cfg.adc.n_thresholds)))
+    step = adc_tables(cfg.adc, *cfg.psum_range, "cpu", torch.float64)[2]
+    conv.load_adc_offsets(np.random.default_rng(3).normal(0, offset_lsb, (2, 4, cfg.adc.n_thresholds)))
+    assert step > 1  # offsets (in LSB) move thresholds across partial sums
     x = torch.rand(3, 3, 9, 9, dtype=torch.float64) * 3
     with torch.no_grad():
         a = conv(x)
