@@ -145,6 +145,17 @@ def _curve(currents: pd.DataFrame, wl: float) -> tuple[np.ndarray, np.ndarray]:
     return c.x.to_numpy(), c.current_a.to_numpy()
 
 
+def level_to_current(level: np.ndarray, x: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Bitline current at partial-sum ``level`` on the measured curve, extrapolated linearly beyond its ends
+    (the inverse of :func:`pipeline.chips.current_to_lsb`): a censored trip point just past the input range
+    must stay past it, where np.interp alone would clamp it onto the last level, which then trips."""
+    out = np.interp(level, x, cur)
+    lo, hi = level < x[0], level > x[-1]
+    out[lo] = cur[0] + (level[lo] - x[0]) * (cur[1] - cur[0]) / (x[1] - x[0])
+    out[hi] = cur[-1] + (level[hi] - x[-1]) * (cur[-1] - cur[-2]) / (x[-1] - x[-2])
+    return out
+
+
 def add_trip_currents(samples: pd.DataFrame, currents: pd.DataFrame) -> pd.DataFrame:
     """Trip point in amperes and the input-referred offset (trip current minus the reference current)."""
     samples = samples.copy()
@@ -222,7 +233,8 @@ def offset_vectors(samples: pd.DataFrame, currents: pd.DataFrame, resolution_bit
     """Per sample and reference, the SA's trip point and offset (``SAR_OFFSETS`` columns) from the rows of
     one comparator ``circuit`` ('sar_sa': each SAR SA at every reference; 'sa': the Flash comparator
     samples). A censored trip point (the SA decides the same way over the whole input range) is put at the
-    edge of the bisection grid, which converts the same as any point beyond it."""
+    edge of the bisection grid, half a grid step outside the range, which converts the same as any point
+    beyond it."""
     vec = samples[samples.circuit == circuit].copy()
     if not len(vec):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in schemas.SAR_OFFSETS.names})
@@ -234,7 +246,7 @@ def offset_vectors(samples: pd.DataFrame, currents: pd.DataFrame, resolution_bit
         x, cur = _curve(currents, wl)
         sel = (vec.wl_ratio == wl).to_numpy() & ~np.isfinite(offset_a)
         iref = np.interp(vec.ref_index.to_numpy()[sel] + 0.5, x, cur)
-        offset_a[sel] = np.interp(level[sel], x, cur) - iref
+        offset_a[sel] = level_to_current(level[sel], x, cur) - iref
     return pd.DataFrame({
         "technology": vec.technology, "wl_ratio": vec.wl_ratio, "sample": vec["sample"],
         "ref_index": vec.ref_index.astype(np.int32), "trip_level": level, "censor": vec.censor,

@@ -116,6 +116,31 @@ def _write_table(path: Path, n_chips: int = 3) -> ChipsConfig:
     return cfg
 
 
+def test_censored_trip_points_stay_outside_the_input_range():
+    """An SA that never trips within the range (censored above) must keep its threshold above the top level
+    after the amperes round trip (np.interp clamped it onto level 31, which then tripped at full scale: TV 0.45
+    at that level against SPICE); one always tripping (censored below) stays below level 0."""
+    from pipeline.characterize import offset_vectors
+    from pipeline.chip_validation import predicted_codes
+    from pipeline.chips import current_to_lsb
+
+    bits, rows = 3, 31
+    x = np.arange(rows + 1, dtype=float)
+    currents = pd.DataFrame({"wl_ratio": 10.0, "x": x, "current_a": 2e-6 * np.sqrt(x + 1.0)})
+    trip = np.array([0, 8 * 15 + 3, 8 * rows + 1])  # below, inside (ref 15), above
+    samples = pd.DataFrame({
+        "technology": "t", "wl_ratio": 10.0, "sample": 0, "circuit": "sar_sa", "ref_index": [0, 15, 30],
+        "trip_index": trip, "trip_level": [np.nan, (trip[1] - 0.5) / 8, np.nan], "censor": ["below", "none", "above"],
+        "offset_a": [np.nan, 1e-7, np.nan], "status": "ok"})
+    vec = offset_vectors(samples, currents, bits)
+    iref = np.interp(vec.ref_index.to_numpy() + 0.5, x, currents.current_a.to_numpy())
+    level = current_to_lsb(vec.offset_a.to_numpy() + iref, x, currents.current_a.to_numpy())
+    assert level[0] < 0 and level[2] > rows
+    offsets = np.zeros((1, rows))
+    offsets[0, rows - 1] = level[2] - (rows - 0.5)
+    assert predicted_codes(offsets, "sar", rows + 1)[0, rows] == rows - 1  # full scale reads one code down
+
+
 def test_flipped_byte_in_one_chip_is_caught_on_reading_that_chip_only(tmp_path):
     path = tmp_path / "offsets.parquet"
     _write_table(path)
