@@ -1,10 +1,9 @@
 """IBM aihwkit on the same VGG-8 as bench_engine.py's multi-level row (issue 13): its forward / the float model.
 
-aihwkit is not a dependency of the project; it needs its own venv (aihwkit 1.1.0 wheels are CPU builds for
-CPython 3.11 and import with the torch 2.13.0 CPU file on disk):
+aihwkit is not a dependency of the project; it needs its own venv with torch 2.12 from PyPI (with the 2.13.0
+CPU file aihwkit 1.1.0 imports, but its C++ tiles refuse the tensors: "weights must be a CPU tensor"):
     python3 -m venv /work/aihwkit-venv
-    /work/aihwkit-venv/bin/pip install torch==2.13.0 numpy scipy scikit-learn requests
-    /work/aihwkit-venv/bin/pip install --no-deps aihwkit==1.1.0
+    /work/aihwkit-venv/bin/pip install torch==2.12.0 aihwkit==1.1.0     (about 5 GB: a CUDA build of torch)
 Run (from the repository root, so `nn` imports; nothing else of the project is used):
     PYTHONPATH=. /work/aihwkit-venv/bin/python benchmarks/bench_aihwkit.py [--batch 16] [--runs 3]
 Setup: VGG-8 (CIFAR-10 shape), batch 16, 8-bit inputs (inp_res 1/254), 5-bit outputs (out_res 1/30), tiles of
