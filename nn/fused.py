@@ -128,14 +128,7 @@ if AVAILABLE:
         elif qstep[0] > 0.0:  # a uniform scheme: start from the code of the unshifted thresholds (qstep[1]: first)
             a = np.int64(min(max(math.floor(v / qstep[0] - qstep[1] - 0.5) + 1.0, 0.0), np.float64(thr.shape[2] - 2)))
         else:
-            a, b = 0, thr.shape[2] - 2  # number of thresholds at or below v, by bisection
-            while a < b:
-                mid = (a + b) >> 1
-                if thr[t, c, mid + 1] <= v:
-                    a = mid + 1
-                else:
-                    b = mid
-            return lev[a] * colw[c]
+            return lev[fused_noise.threshold_count(thr, t, c, v)] * colw[c]
         a += np.int64(thr[t, c, a + 1] <= v) - np.int64(thr[t, c, a] > v)  # one code up or down, no branch
         if thr[t, c, a + 1] <= v or thr[t, c, a] > v:  # more than one code away (rare): walk on
             while thr[t, c, a + 1] <= v:
@@ -143,6 +136,14 @@ if AVAILABLE:
             while thr[t, c, a] > v:
                 a -= 1
         return lev[a] * colw[c]
+
+    @njit(cache=True, inline="always")
+    def _live(xw, m, t, p):
+        """True when input plane p of row m drives any row of tile t."""
+        for k in range(xw.shape[3]):
+            if xw[m, t, p, k] != 0:
+                return True
+        return False
 
     @njit(cache=True, inline="always")
     def _fold_columns(acc, n_out, out, m):
@@ -171,7 +172,7 @@ if AVAILABLE:
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
         counted: its columns read ``zero[t, c]``, added with the plane's weight. (Multi-level inputs,
         ``serial`` False, normally take the matmul path, :func:`_run_dense`; this branch is its test oracle.)"""
-        m_rows, tiles, planes, words = xw.shape
+        m_rows, tiles, planes, _ = xw.shape
         cols = wp.shape[3]
         for m in prange(m_rows):
             acc = np.zeros(cols)
@@ -181,11 +182,7 @@ if AVAILABLE:
                 zero_w = 0.0
                 total[:] = 0
                 for p in range(planes):
-                    live = False
-                    for k in range(words):
-                        if xw[m, t, p, k] != 0:
-                            live = True
-                            break
+                    live = _live(xw, m, t, p)
                     if not live and skip_zero:
                         zero_w += bitw[p]
                         continue
@@ -271,7 +268,7 @@ if AVAILABLE:
         partial sums 0, noise and all), readings keyed as :func:`_kernel` keys them. Blocks of ``_BLOCK`` rows
         run tile by tile, so one tile's cuts serve the whole block from cache (row by row, a layer's tables,
         tens of MB, were fetched again for every row)."""
-        m_rows, tiles, planes, words = xw.shape
+        m_rows, tiles, planes, _ = xw.shape
         cols = wp.shape[3]
         kstep = np.uint64(planes)
         for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
@@ -286,12 +283,7 @@ if AVAILABLE:
                     m = m0 + i
                     total[:] = 0
                     for p in range(planes):
-                        live = False
-                        for k in range(words):
-                            if xw[m, t, p, k] != 0:
-                                live = True
-                                break
-                        if live:
+                        if _live(xw, m, t, p):
                             _psums(xw, wp, wm, minus, m, t, p, s)
                         else:
                             s[:] = 0

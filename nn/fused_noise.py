@@ -63,6 +63,19 @@ if AVAILABLE:
         out[1] = w1
 
     @njit(cache=True, inline="always")
+    def threshold_count(thr, t, c, v):
+        """Number of thresholds at or below ``v`` (the noise-free code), by bisection; ``thr`` [T, C, n + 2]
+        holds each column's sorted thresholds between a -inf and a +inf sentinel."""
+        a, b = 0, thr.shape[2] - 2
+        while a < b:
+            mid = (a + b) >> 1
+            if thr[t, c, mid + 1] <= v:
+                a = mid + 1
+            else:
+                b = mid
+        return a
+
+    @njit(cache=True, inline="always")
     def _gauss_p(thr, ti, ci, k, s, sigma):
         """P(code < k | s) for thresholds ``thr`` [T, C, n + 2] between a -inf and a +inf sentinel."""
         return _phi((thr[ti, ci, k] - s) / sigma)
@@ -79,14 +92,7 @@ if AVAILABLE:
             for c in range(cols):
                 for r in range(n_s):
                     s = np.float64(s_lo + r)
-                    a, b = 0, n_codes - 1  # noise-free code: thresholds at or below s, by bisection
-                    while a < b:
-                        mid = (a + b) >> 1
-                        if thr[t, c, mid + 1] <= s:
-                            a = mid + 1
-                        else:
-                            b = mid
-                    base = min(max(a - 2, 0), max(n_codes - WINDOW, 0))
+                    base = min(max(threshold_count(thr, t, c, s) - 2, 0), max(n_codes - WINDOW, 0))
                     for j in range(WINDOW + 1):
                         p[j] = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
                     _pack(base, p, out[t, r, c])
