@@ -131,25 +131,29 @@ def test_fused_noise_matches_reference_distribution_and_is_seeded():
     assert len(values) >= 3 and p > 1e-3
 
 
-@pytest.mark.parametrize("kind,lut_limit", [("sar", None), ("flash", None), ("sar", 0)])
-def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit, monkeypatch):
+@pytest.mark.parametrize("kind,lut_limit,sigma,offset", [("sar", None, 1.0, 1.5), ("flash", None, 1.0, 1.5),
+                                                         ("sar", 0, 1.0, 1.5), ("flash", None, 0.5, 0.5),
+                                                         ("sar", None, 0.5, 0.5)])
+def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit, sigma, offset, monkeypatch):
     """Gaussian noise on shifted thresholds: the fused path (a SAR read through its equivalent sorted
-    thresholds; the step from the noise-free code, or bisection where the code table would be too large)
-    reads like the reference path's threshold loop / SAR search (chi-square, false-alarm rate 1e-3)."""
+    thresholds; sigma 1 LSB: the step from the noise-free code, or bisection where the code table would be too
+    large; sigma 0.5 LSB: the cut tables of nn/fused_noise.py) reads like the reference path's threshold loop /
+    SAR search (chi-square, false-alarm rate 1e-3)."""
     if lut_limit is not None:
         monkeypatch.setattr(fused, "_LUT_MAX_ENTRIES", lut_limit)
-    cfg = CIMConfig(adc=ADCConfig(bits=4, kind=kind, noise_sigma=1.0, psum_max=15.0),
+    cfg = CIMConfig(adc=ADCConfig(bits=4, kind=kind, noise_sigma=sigma, psum_max=15.0),
                     array=ArrayConfig(rows=16, n_macros=1, adcs_per_macro=1), quant=QuantConfig(weight_bits=2,
                                                                                                 input_bits=1))
     torch.manual_seed(3)
     layer = CIMLinear(16, 1, cim_config=cfg).double()
-    layer.load_adc_offsets(np.random.default_rng(2).normal(0, 1.5, (1, 1, cfg.adc.n_thresholds)))
+    layer.load_adc_offsets(np.random.default_rng(2).normal(0, offset, (1, 1, cfg.adc.n_thresholds)))
     with torch.no_grad():
         layer.weight.fill_(1.0)
-    x = torch.ones(4000, 16, dtype=torch.float64)
+    x = torch.ones(6000, 16, dtype=torch.float64)
     x[:, 7:] = 0
     layer.set_noise_seed(11)
     a, b = _both(layer, x)
+    assert (layer._table_cache["fused_tables"][0] == fused.MODE_CUTS) == (sigma == 0.5)
     values = sorted(set(a.flatten().tolist()) | set(b.flatten().tolist()))
     ca = np.array([(a == v).sum().item() for v in values])
     cb = np.array([(b == v).sum().item() for v in values])
