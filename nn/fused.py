@@ -382,15 +382,46 @@ def _input_bits(x_int: torch.Tensor, cfg: CIMConfig) -> torch.Tensor:
     return torch.remainder(x_int, 2**cfg.quant.input_bits) if cfg.quant.input_signed else x_int
 
 
+def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, dense: bool) -> tuple:
+    """The crossbars' weights in the kernels' layout: bit-packed (wp, wm) for the popcount kernels, the
+    [T, rows, C] matmul operand for multi-level inputs. Kept in ``table_cache`` while the layer passes the
+    same ``cells`` object (its cells cache hands out one object per programmed weight set), so a chip that is
+    read many times (attacks, evaluations) is programmed once."""
+    array = cfg.array
+    key = (dense, array.rows, array.cell_bits, array.signed_psum, cfg.psum_range)
+    if table_cache is not None and table_cache.get("programmed_cells") is cells \
+            and table_cache.get("programmed_key") == key:
+        return table_cache["programmed"]
+    n_slices, _, k, n = cells.shape
+    tiles, rows = math.ceil(k / array.rows), array.rows
+    padded = torch.nn.functional.pad(cells, (0, 0, 0, tiles * rows - k)) if tiles * rows > k else cells
+    out: tuple
+    if dense:
+        if array.signed_psum:
+            padded = (padded[:, 0] - padded[:, 1]).unsqueeze(1)
+        lo, hi = cfg.psum_range
+        mm_dtype = torch.float32 if max(-lo, hi) < 2**24 else torch.float64
+        cols = padded.shape[0] * padded.shape[1] * n
+        out = (padded.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols)
+               .to(mm_dtype).contiguous(),)
+    else:
+        plus, minus = _columns(padded, array.signed_psum)
+        wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
+        wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
+              else np.zeros((1, 1, 1, 1), np.uint64))
+        out = (wp, wm, minus is not None)
+    if table_cache is not None:
+        table_cache.update(programmed_cells=cells, programmed_key=key, programmed=out)
+    return out
+
+
 def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, generator: torch.Generator | None,
-             table_cache: dict | None) -> tuple[torch.Tensor, int, tuple, tuple]:
-    """(cells padded to whole tiles, ADC columns, the kernels' readout arguments from ``lo`` to ``seed``, and
-    (cuts, s_lo) for the cut-table kernels)."""
+             table_cache: dict | None) -> tuple[int, tuple, tuple]:
+    """(ADC columns, the kernels' readout arguments from ``lo`` to ``seed``, and (cuts, s_lo) for the
+    cut-table kernels)."""
     adc, array = cfg.adc, cfg.array
     n_slices, _, k, n = cells.shape
     tiles = math.ceil(k / array.rows)
-    if tiles * array.rows > k:
-        cells = torch.nn.functional.pad(cells, (0, 0, 0, tiles * array.rows - k))
     n_pol = 1 if array.signed_psum else 2
     cols = n_slices * n_pol * n
     lo, hi = cfg.psum_range
@@ -407,21 +438,17 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
-    return cells, cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
+    return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
                          float(adc.noise_sigma), cdf, np.uint64(seed)), (cuts, s_lo)
 
 
 def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
          generator: torch.Generator | None, table_cache: dict | None, dtype: torch.dtype) -> torch.Tensor:
     """Read packed inputs ``xw`` [M, T, planes, words] through the crossbars of ``cells`` [S, 2, K, N]."""
-    array, quant = cfg.array, cfg.quant
+    quant = cfg.quant
     n = cells.shape[3]
-    tiles, rows = xw.shape[1], array.rows
-    cells, cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
-    plus, minus = _columns(cells, array.signed_psum)
-    wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
-    wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
-          else np.zeros((1, 1, 1, 1), np.uint64))
+    cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
+    wp, wm, signed = _programmed(cells, cfg, table_cache, dense=False)
     bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
     if quant.input_signed:
         bitw_int[-1] = -bitw_int[-1]
@@ -429,12 +456,12 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     out = np.empty((xw.shape[0], n), np.float64)
     serial = quant.input_mode == "bit_serial"
     if mode == MODE_CUTS:
-        _kernel_cuts(xw, wp, wm, minus is not None, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
+        _kernel_cuts(xw, wp, wm, signed, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
                      out)  # type: ignore[call-arg]
         return torch.from_numpy(out).to(dtype)
     noisy = sigma > 0
     zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if not noisy else np.zeros((1, 1))
-    _kernel(xw, wp, wm, minus is not None, serial, not noisy, zero, bitw_int.astype(np.float64), bitw_int, n, *rd,
+    _kernel(xw, wp, wm, signed, serial, not noisy, zero, bitw_int.astype(np.float64), bitw_int, n, *rd,
             out)  # type: ignore[call-arg]
     return torch.from_numpy(out).to(dtype)
 
@@ -448,15 +475,11 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
     need one popcount per input bit, the matmul one multiply-add per row."""
     array = cfg.array
     n = cells.shape[3]
-    cells, cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
+    cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
     lo, mode, _, thr, _, _, _, lev, colw, sigma, cdf, seed = rd
-    n_slices, _, k, _ = cells.shape
-    tiles, rows = k // array.rows, array.rows
-    if array.signed_psum:
-        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)
-    hi = cfg.psum_range[1]
-    mm_dtype = torch.float32 if max(-lo, hi) < 2**24 else torch.float64
-    w = cells.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols).to(mm_dtype)
+    (w,) = _programmed(cells, cfg, table_cache, dense=True)
+    tiles, rows = w.shape[0], array.rows
+    k, mm_dtype = tiles * rows, w.dtype
     m = max(align, cfg.runtime.chunk_elements // (tiles * cols) // align * align)
     out = np.empty((n_rows, n), np.float64)
     for start in range(0, n_rows, m):

@@ -208,3 +208,29 @@ def test_ziggurat_normal_is_standard_normal_tails_included():
     beyond = int((np.abs(z) > _ZIG_R).sum())
     assert abs(beyond - expected) < 5 * np.sqrt(expected)
     assert _normal(seed, np.uint64(7)) == _normal(seed, np.uint64(7)) != _normal(seed + np.uint64(1), np.uint64(7))
+
+
+@pytest.mark.parametrize("mode", ["bit_serial", "multilevel"])
+def test_programmed_weights_are_reused_and_follow_every_weight_change(mode):
+    """The cells and the engine's packed weights are built once while the integer weights stay the same and
+    rebuilt after any change, however it is made (here through ``.data``, which no version counter sees)."""
+    cfg = CIMConfig(adc=ADCConfig(bits=4), array=ArrayConfig(rows=16, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=3, input_bits=4, input_mode=mode))
+    torch.manual_seed(5)
+    layer = CIMLinear(40, 6, cim_config=cfg).double().eval()
+    layer.load_adc_offsets(np.random.default_rng(3).normal(0, 0.7, (2, 4, 15)))
+    x = torch.rand(5, 40, dtype=torch.float64) * 3
+
+    def fresh_output():
+        twin = CIMLinear(40, 6, cim_config=cfg).double().eval()
+        twin.load_state_dict(layer.state_dict())
+        return twin(x)
+
+    with torch.no_grad():
+        y0 = layer(x)
+        programmed = layer._table_cache["programmed"]
+        assert torch.equal(layer(x), y0) and layer._table_cache["programmed"] is programmed
+        layer.weight.data.mul_(-1)
+        y1 = layer(x)
+        assert layer._table_cache["programmed"] is not programmed
+        assert not torch.equal(y1, y0) and torch.equal(y1, fresh_output())
