@@ -46,14 +46,23 @@ def _model(cfg: CIMConfig, ref: torch.nn.Module, offsets: bool) -> torch.nn.Modu
     return cim
 
 
+#: The benchmark's CIM setup: 5-bit Flash, 128-row arrays, A8/W2.
+BASE = CIMConfig(adc=ADCConfig(bits=5, kind="flash", psum_max=31.0), array=ArrayConfig(rows=128),
+                 quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0))
+
+
+def multilevel(cfg: CIMConfig) -> CIMConfig:
+    """``cfg`` with 8-bit multi-level inputs read over the full partial-sum range."""
+    return replace(cfg, adc=replace(cfg.adc, psum_max=None), quant=replace(cfg.quant, input_mode="multilevel"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    base = CIMConfig(adc=ADCConfig(bits=5, kind="flash", psum_max=31.0), array=ArrayConfig(rows=128),
-                     quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0))
+    base = BASE
     x = torch.rand(args.batch, 3, 32, 32)
     ref = create_model("vgg8").eval()
     models = {
@@ -61,8 +70,7 @@ def main() -> None:
         "gaussian": _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True),
         "table": _model(replace(base, adc=replace(base.adc, noise_table=_gaussian_table(128, 32, 0.5))), ref, False),
         "reference": _model(replace(base, runtime=RuntimeConfig(fused=False)), ref, True),
-        "multilevel": _model(replace(base, adc=replace(base.adc, psum_max=None),
-                                     quant=replace(base.quant, input_mode="multilevel")), ref, True),
+        "multilevel": _model(multilevel(base), ref, True),
     }
     print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
           f"{torch.get_num_threads()} batch {args.batch} runs {args.runs}")

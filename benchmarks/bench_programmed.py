@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 
 import torch
-from bench_engine import _model
+from bench_engine import BASE, _model, multilevel
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model
+from nn import cim_layers, create_model
 
 
 def main() -> None:
@@ -26,11 +25,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    base = CIMConfig(adc=ADCConfig(bits=5, kind="flash", psum_max=31.0), array=ArrayConfig(rows=128),
-                     quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0))
-    configs = {"bit_serial": base,
-               "multilevel": replace(base, adc=replace(base.adc, psum_max=None),
-                                     quant=replace(base.quant, input_mode="multilevel"))}
+    configs = {"bit_serial": BASE, "multilevel": multilevel(BASE)}
     ref = create_model("vgg8").eval()
     x = torch.rand(args.batch, 3, 32, 32)
     print(f"torch threads {torch.get_num_threads()} batch {args.batch} runs {args.runs}")
