@@ -10,6 +10,7 @@ L2 / Linf of the examples that fooled their own source.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ ROWS = [  # (label, source, target); c1 / c2 / m1 / e are filled in per run
     ("control: model0 -> chip 1's offsets, no finetune", "model0", "raw"),
     ("control: model0 -> nominal chip (no offsets)", "model0", "nominal"),
     ("control: model0 -> second software model", "model0", "sw"),
-    ("adaptive: EOT over 2 other chips -> chip 1", "e", "c1"),
+    ("adaptive: EOT over other chips -> chip 1", "e", "c1"),
 ]
 
 
@@ -55,6 +56,10 @@ def main() -> None:
     for path in sorted((args.run_dir / "attack" / args.tag).glob("*_wl*/*/results.parquet")):
         adc, wl = path.parent.parent.name.split("_wl")
         runs[f"{adc} W/L {float(wl):g}, {path.parent.name}"] = pd.read_parquet(path)
+    if not runs:
+        print(f"attack_summary: no {args.run_dir}/attack/{args.tag}/*/*/results.parquet; run `cimcosim attack` first",
+              file=sys.stderr)
+        raise SystemExit(2)
     print("| source -> target | " + " | ".join(runs) + " |")
     print("|---|" + "---|" * len(runs))
     for label, src, tgt in ROWS:

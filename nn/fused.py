@@ -392,7 +392,7 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
     if table_cache is not None and table_cache.get("programmed_cells") is cells \
             and table_cache.get("programmed_key") == key:
         return table_cache["programmed"]
-    n_slices, _, k, n = cells.shape
+    _, _, k, n = cells.shape
     tiles, rows = math.ceil(k / array.rows), array.rows
     padded = torch.nn.functional.pad(cells, (0, 0, 0, tiles * rows - k)) if tiles * rows > k else cells
     out: tuple

@@ -143,9 +143,12 @@ class _CIMMixin:
         """The cells [S, 2, K, N] that store ``w_int``: the same tensor object for as long as the integer weights
         are equal (checked by content, one compare, so no way of changing the weights can leave stale cells).
         The engine keys its packed copy of the weights on that object: a chip read many times with unchanged
-        weights (attacks, evaluations, BFA trials of other layers) is programmed once."""
+        weights (attacks, evaluations, BFA trials of other layers) is programmed once. Only on the CPU: on an
+        accelerator the compare would cost a host sync per layer, and only the CPU engine keeps a packed copy."""
         w = w_int.detach()
         bits = (self.cim_config.quant.weight_bits, self.cim_config.array.cell_bits)
+        if w.device.type != "cpu":
+            return weight_cells(w, *bits)
         hit = self._cells_cache
         if (hit is not None and hit[0] == bits and hit[1].shape == w.shape and hit[1].dtype == w.dtype
                 and hit[1].device == w.device and torch.equal(hit[1], w)):
