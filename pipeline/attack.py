@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -43,7 +42,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.datasets import load_data
 from pipeline.deployments import Design
-from pipeline.executor import as_completed
+from pipeline.executor import as_completed, threads_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +271,7 @@ def attack(run_dir: Path, cfg: AttackConfig, executor: Executor, device: str = "
         design.check(name)
     x, y = _images(cfg, design)
     out = _out_dir(Path(run_dir), cfg)
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = threads_per_worker(workers)
     attack_key = {k: v for k, v in asdict(cfg).items() if k in ("attack", "confidence", "eps", "max_iterations",
                                                                  "binary_search_steps", "initial_const", "n_images",
                                                                  "seed")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import load_model
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import load_data
-from pipeline.executor import as_completed
+from pipeline.executor import as_completed, threads_per_worker
 from pipeline.finetune import FIX_TRAIN
 from pipeline.paths import RunPaths
 
@@ -169,7 +168,7 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     _, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
     key = config_hash({"bfa": asdict(cfg), "model0": header["sha256"]})
     out_dir = _run_dir(Path(run_dir), cfg.tag)
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = threads_per_worker(workers)
     done: dict[int, dict[str, Any]] = {}
     pending = {}
     for r in range(cfg.runs):

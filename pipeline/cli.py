@@ -17,6 +17,7 @@ from pipeline.chip_models import CHIP_MODELS
 from pipeline.chips import ChipsConfig
 from pipeline.cli_nn import bars_off
 from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError
+from pipeline.executor import usable_cpus
 
 log = logging.getLogger("cimcosim")
 
@@ -24,7 +25,7 @@ _USER_ERRORS = (ConfigError, TechnologyError, NgspiceUnavailable, SimulationErro
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int, default=usable_cpus(),
                    help="local worker processes (default: one per core; 1 runs in-process)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) to run on a cluster")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -126,7 +125,9 @@ def run_finetune(args: argparse.Namespace) -> None:
 def _threads(n: int | None) -> None:
     import torch
 
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    from pipeline.executor import usable_cpus
+
+    torch.set_num_threads(n or usable_cpus())
 
 
 def _check_device(device: str) -> None:
@@ -252,6 +253,11 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--attacker-images", type=int_arg, default=d.attacker_images)
     s.add_argument("--eot", type=int_arg, default=d.eot, help="noise draws per white-box gradient")
     s.add_argument("--bfa-max-flips", type=int_arg, default=d.bfa_max_flips)
+    s.add_argument("--bfa-attack-batch", type=int_arg, default=d.bfa_attack_batch,
+                   help=f"training images of each BFA run's gradient ({d.bfa_attack_batch})")
+    s.add_argument("--bfa-eval-images", type=int_arg, default=d.bfa_eval_images,
+                   help=f"test images scored after each flip ({d.bfa_eval_images})")
+    s.add_argument("--substitute-epochs", type=int_arg, default=d.substitute_epochs)
     s.add_argument("--seed", type=int_arg, default=d.seed)
     add_exec_args(s)
 
@@ -266,7 +272,8 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            subset=args.subset, test_subset=args.test_subset, epochs=args.epochs, batch=args.batch,
                            adv_steps=args.adv_steps, attack_images=args.attack_images,
                            attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
-                           seed=args.seed)
+                           bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
+                           substitute_epochs=args.substitute_epochs, seed=args.seed)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \

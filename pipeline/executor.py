@@ -51,6 +51,19 @@ class InlineExecutor(Executor):
         return _Deferred(fn, args, kwargs)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, so ``taskset`` and cgroup pinning are honoured)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of ``workers`` local workers sharing this process's CPUs."""
+    return max(1, usable_cpus() // max(workers, 1))
+
+
 def as_completed(futures: Iterable[Future]) -> Iterator[Future]:
     """:func:`concurrent.futures.as_completed` that also runs :class:`InlineExecutor`'s calls, one per
     step (the stdlib one would wait for them forever)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
@@ -42,7 +41,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import ADC_KINDS, ConfigError, config_hash
 from pipeline.datasets import load_data
-from pipeline.executor import as_completed
+from pipeline.executor import as_completed, threads_per_worker
 from pipeline.offset_table import OffsetTable
 from pipeline.paths import RunPaths
 
@@ -333,7 +332,7 @@ def finetune(run_dir: Path, cfg: FinetuneConfig, executor: Executor, device: str
     offsets_hash = config_hash(table.meta.get("config_hash", ""))
     chip_hash = cfg.chip_hash(header["config_hash"], offsets_hash)
     software, nominal = _nominal(cfg, paths, header, table, header["config_hash"], device)
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = threads_per_worker(workers)
     outs: dict[int, dict[str, Any]] = {}
     pending = {}
     chips = list(cfg.chips)

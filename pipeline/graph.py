@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.config import ConfigError, config_hash
+from pipeline.executor import usable_cpus
 from pipeline.runconfig import RunConfig, build
 
 log = logging.getLogger("cimcosim")
@@ -111,7 +111,7 @@ def run_train(ctx: Context) -> str:
     # process, which torch would otherwise follow (a different thread count, a different float summation)
     import torch
 
-    torch.set_num_threads(ctx.settings.workers or os.cpu_count() or 1)
+    torch.set_num_threads(ctx.settings.workers or usable_cpus())
     with ctx.bar(f"train {tag}", "epoch") as bar:
         doc = train(ctx.run_dir, cfg, tag, ctx.settings.device, _progress(bar))
     return f"{tag}: test_acc {doc['test_acc']:.4f}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from nn.training import accuracy
 from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import check_spec, load_data
-from pipeline.executor import as_completed
+from pipeline.executor import as_completed, threads_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +268,7 @@ def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, worker
         except ConfigError as exc:
             raise ConfigError(f"study-noise cell {cell.tag}: {exc}") from exc
     key = config_hash({"study_noise": asdict(cfg)})
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = threads_per_worker(workers)
     done: dict[Cell, list[dict[str, Any]]] = {}
     pending = {}
     for cell in grid:
