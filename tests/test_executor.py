@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import pipeline.characterize as characterize_stage
 from pipeline.characterize import ChunkTask, run_chunks
-from pipeline.executor import as_completed, make_executor
+from pipeline.executor import as_completed, make_executor, threads_per_worker
 from pipeline.paths import RunPaths
 
 
@@ -49,3 +53,15 @@ def test_inline_characterize_keeps_the_chunks_finished_before_an_interrupt(tmp_p
     with make_executor(1) as ex, pytest.raises(KeyboardInterrupt):
         run_chunks(None, tasks, paths, ex, "hash")
     assert len(calls) == 3 and sorted(p.stem for p in paths.characterize_chunks.iterdir()) == sorted(calls[:2])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_worker_threads_follow_the_cpu_affinity_not_the_core_count():
+    # a job pinned with taskset to one core must not start os.cpu_count() threads per worker
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = (f"import os; os.sched_setaffinity(0, {{{cpu}}}); "
+            "from pipeline.executor import threads_per_worker, usable_cpus; "
+            "print(usable_cpus(), threads_per_worker(1), threads_per_worker(4))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1", "1"]
+    assert threads_per_worker(1) == len(os.sched_getaffinity(0))
