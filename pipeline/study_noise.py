@@ -20,6 +20,7 @@ Noise levels are Gaussian sigmas in partial-sum units (one on-cell = 1), the uni
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from concurrent.futures import Executor
@@ -184,6 +185,22 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
                         lr=cfg.lr, seed=cfg.seed, **act, **noise)
 
 
+ATTACK_FIELDS = ("model", "data", "runs", "batch", "attack_images", "attacker_images", "substitute_epochs", "eot",
+                 "bfa_max_flips", "bfa_attack_batch", "bfa_eval_images", "seed")
+"""The settings besides its training that decide a cell's numbers (the rest of the grid does not)."""
+
+
+def cell_key(cfg: StudyNoiseConfig, cell: Cell) -> str:
+    """The hash a finished cell is reused under: its training, its attacks, its noise table's content.
+
+    Growing the grid (another noise level, precision or scheme) leaves the finished cells' keys alone, so only
+    the new cells are trained and attacked.
+    """
+    table = hashlib.sha256(Path(cfg.noise_table).read_bytes()).hexdigest() if cell.noise == "table" else ""
+    return config_hash({"cell": asdict(cell), "train": train_cfg(cfg, cell).to_dict(), "noise_table": table,
+                        "attack": {k: getattr(cfg, k) for k in ATTACK_FIELDS}})
+
+
 def _seeds(cfg: StudyNoiseConfig, cell: Cell, n: int) -> list[int]:
     ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_NOISE, int(config_hash(cell.tag)[:8], 16)))
     return [int(v >> 1) for v in ss.generate_state(n, np.uint64)]
@@ -276,12 +293,12 @@ def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, worker
         if path.is_file():
             try:
                 doc = read_json(path, fix="the cell is re-attacked")
-                if doc.get("key") == key:
+                if doc.get("key") == cell_key(cfg, cell):
                     done[cell] = doc["rows"]
                     continue
             except ArtifactError as exc:
                 logger.warning("%s", exc)
-        pending[executor.submit(run_cell, str(run_dir), cfg, cell, key, threads)] = cell
+        pending[executor.submit(run_cell, str(run_dir), cfg, cell, cell_key(cfg, cell), threads)] = cell
     if progress:
         progress(len(done), len(grid))
     for future in as_completed(pending):

@@ -3,6 +3,7 @@ tests/test_run_graph.py's tiny graph)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,36 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needl
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
     assert not (run / "train").exists() and not (run / "study_noise").exists()
+
+
+def test_growing_the_grid_reuses_finished_cells(tmp_path, monkeypatch):
+    # the cell key covers the cell's training and attack settings, not the rest of the grid
+    import pipeline.plots_noise as plots_noise
+    import pipeline.study_noise as sn
+    from pipeline.executor import InlineExecutor
+
+    ran: list[str] = []
+
+    def fake_cell(run_dir, cfg, cell, key, threads):  # stands in for training + attacks (tested elsewhere)
+        ran.append(cell.tag)
+        rows = [{"model": cfg.model, "bits": cell.bits, "noise": cell.noise, "psq": cell.psq, "adv_train": cell.adv,
+                 "run": 0, "clean_acc": 0.9, "bb_pgd_acc": 0.5, "wb_pgd_acc": 0.4, "bfa_flips": float("nan"),
+                 "substitute_agreement": 0.8, "tag": cell.tag}]
+        sn.write_json(sn._cell_path(Path(run_dir), cell), {"key": key, "rows": rows})
+        return rows
+
+    monkeypatch.setattr(sn, "run_cell", fake_cell)
+    monkeypatch.setattr(plots_noise, "write_figures", lambda *a, **k: None)
+    small = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 2.0), psq=("none",), adv_train=(False,))
+    sn.study_noise(tmp_path, small, InlineExecutor())
+    first = list(ran)
+    assert sorted(first) == sorted(c.tag for c in cells(small))
+    ran.clear()
+    grown = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 2.0, 4.0), psq=("none",),
+                             adv_train=(False, True))
+    res = sn.study_noise(tmp_path, grown, InlineExecutor())
+    assert set(ran) == {c.tag for c in cells(grown)} - set(first) and ran
+    assert set(res.tag) == {c.tag for c in cells(grown)}
+    ran.clear()
+    sn.study_noise(tmp_path, replace(grown, eot=3), InlineExecutor())  # an attack setting: every cell again
+    assert sorted(ran) == sorted(c.tag for c in cells(grown))
