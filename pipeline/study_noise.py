@@ -92,6 +92,9 @@ class StudyNoiseConfig:
     """Noise draws the white-box attacker averages per gradient (1 on a noise-free cell)."""
     adv_steps: int = 10
     """PGD iterations of adversarial training (the seed's 10)."""
+    eps: float = 0.03
+    """L-inf budget of every PGD (black-box, white-box, adversarial training; the seed's 0.03 on CIFAR-10). The
+    step is 2/255 scaled by eps / 0.03, so 10 steps travel the same multiple of the budget as the seed's."""
     bfa_max_flips: int = 100
     bfa_attack_batch: int = 128
     bfa_eval_images: int = 1000
@@ -108,6 +111,8 @@ class StudyNoiseConfig:
         unknown = set(self.psq) - set(PSQ_NAMES)
         if unknown or not self.psq:
             raise ConfigError(f"psq: unknown scheme(s) {sorted(unknown)}; choose from {', '.join(PSQ_NAMES)}")
+        if not (isinstance(self.eps, float | int) and 0 < self.eps <= 1):
+            raise ConfigError(f"eps={self.eps!r} must be in (0, 1] (L-inf on [0, 1] images)")
         if not self.adv_train:
             raise ConfigError("adv_train is empty; give false, true or both")
         for name in ("runs", "epochs", "batch", "adv_steps", "attack_images", "attacker_images", "substitute_epochs",
@@ -119,6 +124,11 @@ class StudyNoiseConfig:
             from pipeline.noise_table import read_noise_table
 
             read_noise_table(self.noise_table)  # a bad table fails here, before anything is trained
+
+    @property
+    def alpha(self) -> float:
+        """PGD step: the seed's 2/255 at eps 0.03, scaled with eps."""
+        return 2 / 255 * self.eps / 0.03
 
     @property
     def levels(self) -> list[str]:
@@ -178,15 +188,16 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
         noise["noise_table"] = cfg.noise_table
     elif float(cell.noise) > 0:
         noise["noise_sigma_psum"] = float(cell.noise)
+    adv = {"adv_eps": float(cfg.eps), "adv_alpha": cfg.alpha} if cell.adv else {}  # clean cells: eps-free
     act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
-                        lr=cfg.lr, seed=cfg.seed, **act, **noise)
+                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv)
 
 
 ATTACK_FIELDS = ("model", "data", "runs", "batch", "attack_images", "attacker_images", "substitute_epochs", "eot",
-                 "bfa_max_flips", "bfa_attack_batch", "bfa_eval_images", "seed")
+                 "bfa_max_flips", "bfa_attack_batch", "bfa_eval_images", "seed", "eps")
 """The settings besides its training that decide a cell's numbers (the rest of the grid does not)."""
 
 
@@ -237,10 +248,10 @@ def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads:
     noisy = chip and cell.noise != f"{0.0:g}"
     rows = []
     for r in range(cfg.runs):
-        sub.attack = PGD(seed=seeds[2 + r])
+        sub.attack = PGD(cfg.eps, cfg.alpha, seed=seeds[2 + r])
         noise_seed(seeds[0])
         bb = accuracy(model, sub(model, x, y), y, batch=250)
-        wb_attack = PGD(seed=seeds[2 + cfg.runs + r])
+        wb_attack = PGD(cfg.eps, cfg.alpha, seed=seeds[2 + cfg.runs + r])
         adv = EOT(wb_attack, samples=cfg.eot)(model, x, y) if noisy else wb_attack(model, x, y)
         noise_seed(seeds[0])
         wb = accuracy(model, adv, y, batch=250)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.plots_noise import figure_tables, table2_markdown
-from pipeline.study_noise import StudyNoiseConfig, cells, train_cfg
+from pipeline.study_noise import Cell, StudyNoiseConfig, cell_key, cells, train_cfg
 
 EXAMPLE = Path(__file__).parents[1] / "pipeline" / "examples" / "noise_table_psq1bit_synthetic.csv"
 
@@ -32,6 +32,16 @@ def test_grid_is_the_union_of_what_each_figure_needs():
         assert (b, "0", "1bit", True) not in grid  # no figure asks for adversarially trained 1-bit PSQ
     assert sum(grid.values()) == 8
     assert len({c.tag for c in cells(cfg)}) == len(grid)
+
+
+def test_eps_sets_every_pgd_and_only_adversarial_cells_retrain():
+    base = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0,), psq=("none",))
+    strong = replace(base, eps=0.1)
+    assert strong.alpha == pytest.approx(0.1 / 0.03 * 2 / 255)
+    clean, adv = Cell(4, "0", "none", False), Cell(4, "0", "none", True)
+    assert train_cfg(strong, clean) == train_cfg(base, clean)  # a clean-trained model is reused across budgets
+    assert (train_cfg(strong, adv).adv_eps, train_cfg(strong, adv).adv_alpha) == (0.1, strong.alpha)
+    assert cell_key(strong, clean) != cell_key(base, clean)  # but attacked again
 
 
 def test_each_cell_trains_what_it_names():
@@ -70,6 +80,8 @@ def test_figure_tables_average_over_runs():
     (["--runs", "0"], "runs=0 must be a positive integer"),
     (["--psq", "4bit"], "unknown scheme(s) ['4bit']"),
     (["--noise", "-1"], "must be sigmas >= 0"),
+    (["--eps", "0"], "eps=0.0 must be in (0, 1]"),
+    (["--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
     (["--noise-table", "__ROWS__"], "sum to 1"),
     (["--noise-table", str(EXAMPLE), "--psq", "none"], "study-noise cell"),  # a 1-bit-PSQ table on a 5-bit ADC
 ])
