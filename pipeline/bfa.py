@@ -99,7 +99,8 @@ def model0_on_its_path(path: Path, noise_sigma_psum: float = 0.0) -> tuple[torch
 
     model, header = load_model(path, fix=FIX_TRAIN, kind="model0", cim=cim)
     t = header["config"]
-    chip = bool(t.get("psq") or t.get("noise_sigma_psum") or t.get("noise_table") or noise_sigma_psum > 0)
+    chip = bool(t.get("chip_train") or t.get("psq") or t.get("noise_sigma_psum") or t.get("noise_table")
+                or noise_sigma_psum > 0)
     set_digital(model, not chip)
     return model.eval(), header, chip
 

@@ -53,6 +53,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     noise.add_argument("--noise-sigma", type=float, default=None,
                        help="Gaussian noise on every partial sum, partial-sum units (training and test)")
     noise.add_argument("--noise-table", default=None, help="CSV of P(code | psum) (see pipeline/noise_table.py)")
+    t.add_argument("--chip-train", action="store_true",
+                   help="train and test through the simulated ADC without noise or PSQ (noise-free control)")
     t.add_argument("--adv-train", action="store_true", help="PGD adversarial training (eps 0.03, 2/255, 10 it.)")
     t.add_argument("--adv-eps", type=float, default=None)
     t.add_argument("--adv-steps", type=int_arg, default=None)
@@ -68,7 +70,7 @@ def run_train(args: argparse.Namespace) -> None:
                        weight_bits=args.weight_bits, input_bits=args.input_bits, adc_bits=args.adc_bits,
                        psq=args.psq, rows=args.rows, act=args.act, noise_sigma_psum=args.noise_sigma,
                        noise_table=args.noise_table, adv_train=args.adv_train or None, adv_eps=args.adv_eps,
-                       adv_steps=args.adv_steps)
+                       adv_steps=args.adv_steps, chip_train=args.chip_train or None)
     _threads(args.workers)
     _check_device(args.device)
     with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=bars_off()) as bar:

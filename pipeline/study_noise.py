@@ -189,6 +189,8 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
     elif float(cell.noise) > 0:
         noise["noise_sigma_psum"] = float(cell.noise)
     adv = {"adv_eps": float(cfg.eps), "adv_alpha": cfg.alpha} if cell.adv else {}  # clean cells: eps-free
+    if cell.noise == f"{0.0:g}" and cell.psq == "none":
+        noise["chip_train"] = True  # the noise-free control reads the same ADC: noise is the only difference
     act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,

@@ -117,6 +117,9 @@ class TrainConfig:
     and test (seed 000's noise-aware training)."""
     noise_table: str | None = None
     """CSV of P(code | ideal partial sum) (pipeline/noise_table.py), in training and test."""
+    chip_train: bool = False
+    """Train and test through the simulated ADC even without noise or PSQ (the noise-free control of noise-aware
+    training: the same read-out quantization, no noise)."""
     adv_train: bool = False
     """PGD adversarial training: each batch's loss averages clean and PGD examples (seed 000)."""
     adv_eps: float = 0.03
@@ -165,7 +168,7 @@ class TrainConfig:
     @property
     def chip_path(self) -> bool:
         """True when training needs the simulated chip (noise or partial-sum quantization), not the digital path."""
-        return self.psq is not None or self.noise_sigma_psum > 0 or self.noise_table is not None
+        return self.chip_train or self.psq is not None or self.noise_sigma_psum > 0 or self.noise_table is not None
 
     def cim_config(self) -> CIMConfig:
         """The chip model0 is meant for: the ADC, array and quantization of this run."""

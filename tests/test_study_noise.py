@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nn.convert import cim_layers
 from pipeline.cli import main
 from pipeline.plots_noise import figure_tables, table2_markdown
 from pipeline.study_noise import Cell, StudyNoiseConfig, cell_key, cells, train_cfg
@@ -128,3 +129,19 @@ def test_growing_the_grid_reuses_finished_cells(tmp_path, monkeypatch):
     ran.clear()
     sn.study_noise(tmp_path, replace(grown, eot=3), InlineExecutor())  # an attack setting: every cell again
     assert sorted(ran) == sorted(c.tag for c in cells(grown))
+
+
+def test_noise_free_control_reads_the_same_adc(tmp_path):
+    # noise must be the only difference between a noisy cell and its control: both train and test on the chip path
+    from pipeline.bfa import model0_on_its_path
+    from pipeline.train import train
+
+    cfg = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 2.0), psq=("none", "1bit"), subset=100,
+                           test_subset=100, epochs=1, batch=50)
+    ctrl, noisy, split = Cell(4, "0", "none", False), Cell(4, "2", "none", False), Cell(4, "0", "1bit", False)
+    assert train_cfg(cfg, ctrl).chip_path and train_cfg(cfg, noisy).chip_path
+    assert not train_cfg(cfg, noisy).chip_train and not train_cfg(cfg, split).chip_train  # their keys unchanged
+    doc = train(tmp_path, train_cfg(cfg, ctrl), tag=ctrl.tag)
+    assert doc["path"] == "chip"
+    model, _, chip = model0_on_its_path(tmp_path / "train" / ctrl.tag / "model0.pt")
+    assert chip and all(not layer.digital for layer in cim_layers(model))
