@@ -128,7 +128,7 @@ class StudyNoiseConfig:
     @property
     def alpha(self) -> float:
         """PGD step: the seed's 2/255 at eps 0.03, scaled with eps."""
-        return 2 / 255 * self.eps / 0.03
+        return 2 / 255 * (self.eps / 0.03)  # exactly 2/255 at the seed's eps
 
     @property
     def levels(self) -> list[str]:
