@@ -38,6 +38,7 @@ from pipeline.datasets import load_data
 from pipeline.executor import as_completed, threads_per_worker
 from pipeline.finetune import FIX_TRAIN
 from pipeline.paths import RunPaths
+from pipeline.train import trains_on_chip
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,7 @@ def model0_on_its_path(path: Path, noise_sigma_psum: float = 0.0) -> tuple[torch
         return replace(c, adc=replace(c.adc, noise_sigma=noise_sigma_psum)) if noise_sigma_psum > 0 else c
 
     model, header = load_model(path, fix=FIX_TRAIN, kind="model0", cim=cim)
-    t = header["config"]
-    chip = bool(t.get("chip_train") or t.get("psq") or t.get("noise_sigma_psum") or t.get("noise_table")
-                or noise_sigma_psum > 0)
+    chip = trains_on_chip(header["config"]) or noise_sigma_psum > 0
     set_digital(model, not chip)
     return model.eval(), header, chip
 

@@ -189,13 +189,13 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
     elif float(cell.noise) > 0:
         noise["noise_sigma_psum"] = float(cell.noise)
     adv = {"adv_eps": float(cfg.eps), "adv_alpha": cfg.alpha} if cell.adv else {}  # clean cells: eps-free
-    if cell.noise == f"{0.0:g}" and cell.psq == "none":
-        noise["chip_train"] = True  # the noise-free control reads the same ADC: noise is the only difference
+    # the noise-free control reads the same ADC as the noisy cells: noise is the only difference
+    path = {"chip_train": True} if cell.noise == f"{0.0:g}" and cell.psq == "none" else {}
     act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
-                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv)
+                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path)
 
 
 ATTACK_FIELDS = ("model", "data", "runs", "batch", "attack_images", "attacker_images", "substitute_epochs", "eot",
@@ -302,16 +302,16 @@ def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, worker
     done: dict[Cell, list[dict[str, Any]]] = {}
     pending = {}
     for cell in grid:
-        path = _cell_path(Path(run_dir), cell)
+        path, ckey = _cell_path(Path(run_dir), cell), cell_key(cfg, cell)
         if path.is_file():
             try:
                 doc = read_json(path, fix="the cell is re-attacked")
-                if doc.get("key") == cell_key(cfg, cell):
+                if doc.get("key") == ckey:
                     done[cell] = doc["rows"]
                     continue
             except ArtifactError as exc:
                 logger.warning("%s", exc)
-        pending[executor.submit(run_cell, str(run_dir), cfg, cell, cell_key(cfg, cell), threads)] = cell
+        pending[executor.submit(run_cell, str(run_dir), cfg, cell, ckey, threads)] = cell
     if progress:
         progress(len(done), len(grid))
     for future in as_completed(pending):

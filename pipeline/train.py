@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ class TrainConfig:
     @property
     def chip_path(self) -> bool:
         """True when training needs the simulated chip (noise or partial-sum quantization), not the digital path."""
-        return self.chip_train or self.psq is not None or self.noise_sigma_psum > 0 or self.noise_table is not None
+        return trains_on_chip(self.to_dict())
 
     def cim_config(self) -> CIMConfig:
         """The chip model0 is meant for: the ADC, array and quantization of this run."""
@@ -186,6 +186,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def trains_on_chip(config: Mapping[str, Any]) -> bool:
+    """Whether a training configuration (``TrainConfig.to_dict()``, as a checkpoint header keeps it) trains and
+    tests on the chip path: noise, partial-sum quantization or ``chip_train``."""
+    return bool(config.get("chip_train") or config.get("psq") or config.get("noise_sigma_psum")
+                or config.get("noise_table"))
 
 
 def train_config(model: str, **overrides: Any) -> TrainConfig:
