@@ -139,10 +139,17 @@ class QuantConfig:
     input_signed: bool = False
     """Two's-complement inputs in [-2^(b-1), 2^(b-1)-1] (for CELU and other signed activations); the
     bit-serial MSB plane then carries weight -2^(b-1). Inputs clip to [-input_max, input_max]."""
+    first_input_bits: int | None = None
+    """Input bits of the network's first CIM layer, the one that reads the image (None: ``input_bits``).
+    Binary networks conventionally feed the image at 8 bits (XNOR-Net, Rastegari et al. 2016): at
+    ``input_bits=1`` the image itself is thresholded, which is input binarization, a defence of its own.
+    :func:`nn.convert.convert` gives that layer ``input_bits=first_input_bits``; the weights keep their bits."""
 
     def __post_init__(self) -> None:
         _positive_int("weight_bits", self.weight_bits)
         _positive_int("input_bits", self.input_bits)
+        if self.first_input_bits is not None:
+            _positive_int("first_input_bits", self.first_input_bits)
         if self.input_mode not in ("bit_serial", "multilevel"):
             raise CIMConfigError(f"input_mode {self.input_mode!r}: choose 'bit_serial' or 'multilevel'")
         if self.input_signed and self.input_bits < 2:

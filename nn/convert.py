@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -14,8 +15,24 @@ def convert(model: torch.nn.Module, cim_config: CIMConfig | None = None) -> torc
     """Replace every Linear/Conv2d (groups=1) by its CIM twin in place; assigns each layer's ADC base.
 
     Layers are numbered in ``model.modules()`` order and take consecutive logical ADCs, so the mapping
-    onto the die's physical ADCs is the same every time for the same model.
+    onto the die's physical ADCs is the same every time for the same model. The first of them reads the
+    image: with ``quant.first_input_bits`` set it gets that many input bits (its config says so).
     """
+    _swap_layers(model, cim_config)
+    layers = cim_layers(model)
+    base = 0
+    for m in layers:
+        m.adc_base = base
+        base += m.n_adcs()
+    q = cim_config.quant if cim_config is not None else None
+    if layers and q is not None and q.first_input_bits is not None:
+        first = layers[0]
+        first.cim_config = replace(first.cim_config, quant=replace(first.cim_config.quant,
+                                                                   input_bits=q.first_input_bits))
+    return model
+
+
+def _swap_layers(model: torch.nn.Module, cim_config: CIMConfig | None) -> None:
     for name, child in list(model.named_children()):
         if isinstance(child, _CIMMixin):
             continue
@@ -24,13 +41,7 @@ def convert(model: torch.nn.Module, cim_config: CIMConfig | None = None) -> torc
         elif isinstance(child, torch.nn.Linear):
             setattr(model, name, CIMLinear.from_float(child, cim_config))
         else:
-            convert(child, cim_config)
-    base = 0
-    for m in model.modules():
-        if isinstance(m, _CIMMixin):
-            m.adc_base = base
-            base += m.n_adcs()
-    return model
+            _swap_layers(child, cim_config)
 
 
 def cim_layers(model: torch.nn.Module) -> list[Any]:

@@ -43,6 +43,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int_arg, default=None)
     t.add_argument("--weight-bits", type=int_arg, default=None, help="default: the seed's for the model")
     t.add_argument("--input-bits", type=int_arg, default=None, help="default: the seed's for the model")
+    t.add_argument("--first-input-bits", type=int_arg, default=None,
+                   help="input bits of the first layer, which reads the image (default: --input-bits)")
     adc = t.add_mutually_exclusive_group()
     adc.add_argument("--adc-bits", type=int_arg, default=None, help="uniform ADC bits (5)")
     adc.add_argument("--psq", choices=["1bit", "2bit", "3.5bit"], default=None,
@@ -67,7 +69,8 @@ def run_train(args: argparse.Namespace) -> None:
 
     cfg = train_config(args.model, data=args.data, subset=args.subset, test_subset=args.test_subset,
                        epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                       weight_bits=args.weight_bits, input_bits=args.input_bits, adc_bits=args.adc_bits,
+                       weight_bits=args.weight_bits, input_bits=args.input_bits,
+                       first_input_bits=args.first_input_bits, adc_bits=args.adc_bits,
                        psq=args.psq, rows=args.rows, act=args.act, noise_sigma_psum=args.noise_sigma,
                        noise_table=args.noise_table, adv_train=args.adv_train or None, adv_eps=args.adv_eps,
                        adv_steps=args.adv_steps, chip_train=args.chip_train or None)
@@ -240,6 +243,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--model", default=d.model, help=f"registered model ({d.model})")
     s.add_argument("--data", default=d.data, help="fashion-mnist | cifar10:FOLDER")
     s.add_argument("--bits", type=int_arg, nargs="+", default=list(d.bits), help="weight = activation bits (1 2 4)")
+    s.add_argument("--first-input-bits", type=int_arg, default=None,
+                   help="input bits of every cell's first layer (the image; default: the cell's bits)")
     s.add_argument("--noise", type=float, nargs="+", default=list(d.noise),
                    help="Gaussian noise sigmas, partial-sum units (0 1 2 4)")
     s.add_argument("--noise-table", default="", help="a measured P(code | psum) CSV: one more noise level")
@@ -270,7 +275,8 @@ def run_study_noise(args: argparse.Namespace) -> None:
     from pipeline.executor import make_executor
     from pipeline.study_noise import StudyNoiseConfig, study_noise
 
-    cfg = StudyNoiseConfig(model=args.model, data=args.data, bits=tuple(args.bits), noise=tuple(args.noise),
+    cfg = StudyNoiseConfig(model=args.model, data=args.data, bits=tuple(args.bits),
+                           first_input_bits=args.first_input_bits, noise=tuple(args.noise),
                            noise_table=args.noise_table, psq=tuple(args.psq),
                            adv_train=tuple(dict.fromkeys(a == "yes" for a in args.adv_train)), runs=args.runs,
                            subset=args.subset, test_subset=args.test_subset, epochs=args.epochs, batch=args.batch,

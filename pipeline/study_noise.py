@@ -66,6 +66,9 @@ class StudyNoiseConfig:
     """Dataset of every cell."""
     bits: tuple[int, ...] = (1, 2, 4)
     """Weight and activation precisions (both the same, as the seed)."""
+    first_input_bits: int | None = None
+    """Input bits of every cell's first layer, which reads the image (None: the cell's bits; 8 keeps a binary
+    network's image unthresholded, the convention of binary networks, and removes input binarization)."""
     noise: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     """Gaussian noise levels, sigma in partial-sum units, in training and test (0: ideal)."""
     noise_table: str = ""
@@ -106,6 +109,9 @@ class StudyNoiseConfig:
         check_spec(self.data)
         if not self.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in self.bits):
             raise ConfigError(f"bits={list(self.bits)} must be integers in 1..8")
+        if self.first_input_bits is not None and (isinstance(self.first_input_bits, bool) or not isinstance(
+                self.first_input_bits, int) or not 1 <= self.first_input_bits <= 8):
+            raise ConfigError(f"first_input_bits={self.first_input_bits!r} must be an integer in 1..8")
         if not self.noise or any(not (math.isfinite(s) and s >= 0) for s in self.noise):
             raise ConfigError(f"noise={list(self.noise)} must be sigmas >= 0 (partial-sum units)")
         unknown = set(self.psq) - set(PSQ_NAMES)
@@ -193,6 +199,7 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
     path = {"chip_train": True} if cell.noise == f"{0.0:g}" and cell.psq == "none" else {}
     act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
+                        first_input_bits=cfg.first_input_bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
                         lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path)

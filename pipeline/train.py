@@ -101,6 +101,9 @@ class TrainConfig:
     """Signed weight bits (1: +-1)."""
     input_bits: int = 8
     """Activation bits (bit-serial inputs)."""
+    first_input_bits: int | None = None
+    """Input bits of the first layer, which reads the image (None: ``input_bits``; 8 keeps a binary network's
+    image at 8 bits instead of thresholding it)."""
     act: str = "relu"
     """'relu' or 'celu' (CELU makes activations signed: two's-complement bit-serial inputs)."""
     adc_bits: int = 5
@@ -149,9 +152,11 @@ class TrainConfig:
             raise ConfigError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
-        for name in ("weight_bits", "input_bits"):
+        for name in ("weight_bits", "input_bits", "first_input_bits"):
             v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= 8:
+            if name == "first_input_bits" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 8:
                 raise ConfigError(f"{name}={v!r} must be an integer in 1..8")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"act={self.act!r}: choose from {sorted(ACTIVATIONS)}")
@@ -179,13 +184,17 @@ class TrainConfig:
             adc = ADCConfig.scheme(self.psq) if self.psq else ADCConfig(bits=self.adc_bits)
             adc = replace(adc, kind=self.adc_kind, noise_sigma=self.noise_sigma_psum, noise_table=table)
             quant = QuantConfig(weight_bits=self.weight_bits, input_bits=self.input_bits,
-                                input_signed=self.act == "celu")
+                                input_signed=self.act == "celu", first_input_bits=self.first_input_bits)
             return CIMConfig(adc=adc, array=ArrayConfig(rows=self.rows, signed_psum=self.psq is not None), quant=quant)
         except CIMConfigError as exc:
             raise ConfigError(f"invalid CIM settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; ``first_input_bits`` only when set, so runs from before it existed keep their hash."""
+        d = asdict(self)
+        if d["first_input_bits"] is None:
+            del d["first_input_bits"]
+        return d
 
 
 def trains_on_chip(config: Mapping[str, Any]) -> bool:

@@ -50,6 +50,36 @@ class _FakeTable:
         return np.random.default_rng(chip_id).normal(0, 0.7, self.shape).astype(np.float32)
 
 
+def test_first_input_bits_keeps_the_image_at_its_own_precision():
+    # a binary network thresholds its input at every layer; with first_input_bits only the first layer's input
+    # (the image) keeps more bits, so two images that differ below the threshold no longer look the same
+    from nn import create_model
+    from pipeline.checkpoint import build_model, model_header
+
+    quant = QuantConfig(weight_bits=1, input_bits=1)
+    cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=16), quant=quant)
+    f8 = CIMConfig(adc=cfg.adc, array=cfg.array, quant=QuantConfig(weight_bits=1, input_bits=1, first_input_bits=8))
+    torch.manual_seed(0)
+    plain = create_model("test_vgg", cim_config=cfg).eval()
+    wide = create_model("test_vgg", cim_config=f8).eval()
+    wide.load_state_dict(plain.state_dict())
+    assert [m.cim_config.quant.input_bits for m in cim_layers(wide)][:3] == [8, 1, 1]
+    assert {m.cim_config.quant.input_bits for m in cim_layers(plain)} == {1}
+    for layer in cim_layers(plain) + cim_layers(wide):
+        layer.digital = True
+    x = torch.full((1, 1, 28, 28), 0.1)
+    y = torch.full((1, 1, 28, 28), 0.4)  # both below the 1-bit threshold (act_max / 2 = 0.5)
+    with torch.no_grad():
+        first_plain, first_wide = cim_layers(plain)[0], cim_layers(wide)[0]
+        assert torch.equal(first_plain(x), first_plain(y))
+        assert not torch.equal(first_wide(x), first_wide(y))
+        assert plain(x).shape == wide(x).shape == (1, 10)
+    rebuilt = build_model(model_header("test_vgg", 10, 1, "relu", f8))  # the header round trip keeps it
+    assert [m.cim_config.quant.input_bits for m in cim_layers(rebuilt)][:2] == [8, 1]
+    with pytest.raises(Exception, match="first_input_bits=0"):
+        QuantConfig(first_input_bits=0)
+
+
 def test_convert_and_load_chip_changes_only_buffers():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),

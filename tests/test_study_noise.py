@@ -55,6 +55,20 @@ def test_each_cell_trains_what_it_names():
         assert t.act == ("relu" if c.bits == 1 else "celu")  # binary activations are {0, 1}
 
 
+def test_first_input_bits_reaches_every_cell_and_leaves_old_keys_alone():
+    from pipeline.train import TrainConfig
+
+    base = StudyNoiseConfig(model="test_resnet", bits=(1,), noise=(0.0,), psq=("none",))
+    f8 = replace(base, first_input_bits=8)
+    cell = Cell(1, "0", "none", False)
+    t = train_cfg(f8, cell)
+    assert t.first_input_bits == 8 and t.cim_config().quant.first_input_bits == 8
+    assert "first_input_bits" not in train_cfg(base, cell).to_dict()  # runs made before the option keep their keys
+    assert cell_key(f8, cell) != cell_key(base, cell)
+    with pytest.raises(Exception, match="first_input_bits=0"):
+        TrainConfig(model="test_resnet", first_input_bits=0)
+
+
 def test_figure_tables_average_over_runs():
     cfg = StudyNoiseConfig(bits=(1,), noise=(0.0, 1.0), psq=("none", "1bit"), runs=2)
     rows = []
@@ -83,6 +97,7 @@ def test_figure_tables_average_over_runs():
     (["--noise", "-1"], "must be sigmas >= 0"),
     (["--eps", "0"], "eps=0.0 must be in (0, 1]"),
     (["--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
+    (["--first-input-bits", "9"], "first_input_bits=9 must be an integer in 1..8"),
     (["--noise-table", "__ROWS__"], "sum to 1"),
     (["--noise-table", str(EXAMPLE), "--psq", "none"], "study-noise cell"),  # a 1-bit-PSQ table on a 5-bit ADC
 ])
