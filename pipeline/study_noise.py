@@ -194,13 +194,14 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
         noise["noise_table"] = cfg.noise_table
     elif float(cell.noise) > 0:
         noise["noise_sigma_psum"] = float(cell.noise)
-    adv = {"adv_eps": float(cfg.eps), "adv_alpha": cfg.alpha} if cell.adv else {}  # clean cells: eps-free
+    # clean cells are free of every adversarial-training setting, so changing one retrains only adversarial cells
+    adv = {"adv_eps": float(cfg.eps), "adv_alpha": cfg.alpha, "adv_steps": cfg.adv_steps} if cell.adv else {}
     # the noise-free control reads the same ADC as the noisy cells: noise is the only difference
     path = {"chip_train": True} if cell.noise == f"{0.0:g}" and cell.psq == "none" else {}
     act = {"act": "relu"} if cell.bits == 1 else {}  # binary activations are {0, 1}: CELU needs >= 2 signed bits
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
                         first_input_bits=cfg.first_input_bits,
-                        psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv, adv_steps=cfg.adv_steps,
+                        psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
                         lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path)
 

@@ -41,6 +41,9 @@ def test_eps_sets_every_pgd_and_only_adversarial_cells_retrain():
     assert strong.alpha == pytest.approx(0.1 / 0.03 * 2 / 255)
     clean, adv = Cell(4, "0", "none", False), Cell(4, "0", "none", True)
     assert train_cfg(strong, clean) == train_cfg(base, clean)  # a clean-trained model is reused across budgets
+    fewer = replace(base, adv_steps=5)  # and across adversarial-training settings
+    assert train_cfg(fewer, clean) == train_cfg(base, clean) and cell_key(fewer, clean) == cell_key(base, clean)
+    assert train_cfg(fewer, adv).adv_steps == 5 and cell_key(fewer, adv) != cell_key(base, adv)
     assert (train_cfg(strong, adv).adv_eps, train_cfg(strong, adv).adv_alpha) == (0.1, strong.alpha)
     assert cell_key(strong, clean) != cell_key(base, clean)  # but attacked again
 
