@@ -3,8 +3,9 @@
 Each run r draws its own attack batch from the training images (the attacker's data; SeedSequence of the
 root seed, stage and run) and attacks a fresh copy of model0 on its own path (digital for a plain model0;
 the chip path when it was trained with noise or partial-sum quantization, or when ``noise_sigma_psum``
-adds per-inference Gaussian noise here): :class:`nn.attacks.BFA` until the test accuracy on the first
-``eval_images`` test images is at or below ``target_acc`` or ``max_flips`` bits are flipped. The baseline
+adds per-inference Gaussian noise here): :class:`nn.attacks.BFA` (``candidates`` bits per layer scored on that
+path) until the test accuracy on the first ``eval_images`` test images is at or below ``target_acc`` or
+``max_flips`` bits are flipped. The baseline
 flips ``max_flips`` random stored bits one at a time with the accuracy after each. One executor task per run;
 each writes ``runs/run_<r>.json`` atomically, so a rerun skips finished runs whose settings match.
 
@@ -77,9 +78,12 @@ class BFAConfig:
     > 0 puts model0 on its chip path."""
     seed: int = 1
     """Root seed (attack batches, random flips, noise draws)."""
+    candidates: int = 1
+    """Bits per layer tried one at a time on the model's own forward at each step (1: the reference's top-1;
+    more: a stronger attacker where the straight-through gradient misjudges the chip, :class:`nn.attacks.BFA`)."""
 
     def __post_init__(self) -> None:
-        for name in ("runs", "attack_batch", "max_flips", "eval_images"):
+        for name in ("runs", "attack_batch", "max_flips", "eval_images", "candidates"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name}={v!r} must be a positive integer")
@@ -140,7 +144,8 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
         return on_flip
 
     attacked = copy.deepcopy(model)
-    n, acc, reached = BFA(cfg.max_flips, cfg.target_acc).run(attacked, x, y, evaluate, record("bfa"))
+    attack = BFA(cfg.max_flips, cfg.target_acc, candidates=cfg.candidates)
+    n, acc, reached = attack.run(attacked, x, y, evaluate, record("bfa"))
     rows.append({"run": r, "method": "bfa", "flips": n, "acc_before": before, "acc_after": acc, "reached": reached})
     rand, rgen = copy.deepcopy(model), torch.Generator().manual_seed(seeds[1])
     bits, on_flip, acc, k = StoredBits(rand), record("random"), before, 0
@@ -166,7 +171,10 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     if not paths.model0(cfg.tag).is_file():
         raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
     _, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
-    key = config_hash({"bfa": asdict(cfg), "model0": header["sha256"]})
+    settings = asdict(cfg)
+    if cfg.candidates == 1:  # the reference attack keeps the key it had before the option existed
+        del settings["candidates"]
+    key = config_hash({"bfa": settings, "model0": header["sha256"]})
     out_dir = _run_dir(Path(run_dir), cfg.tag)
     threads = threads_per_worker(workers)
     done: dict[int, dict[str, Any]] = {}

@@ -92,6 +92,21 @@ def test_trial_flips_from_the_cached_stage_choose_what_full_forwards_choose(vict
     assert runs[0] == runs[1] and sum(len(f) for f, _ in runs[0]) >= 5
 
 
+def test_more_candidates_never_weaken_a_step(victim):
+    """Trying the top K bits of every layer on their own keeps a flip whose measured loss is at least that of
+    the reference's top-1 choice (which is among the K), and scores the K trials with the model's forward."""
+    model, data = victim
+    x, y = data.x_train[:64], data.y_train[:64]
+    one, many = copy.deepcopy(model), copy.deepcopy(model)
+    f1, loss1 = BFA().step(one, StoredBits(one), x, y)
+    fk, lossk = BFA(candidates=8).step(many, StoredBits(many), x, y)
+    assert len(f1) == len(fk) == 1 and lossk >= loss1
+    with torch.no_grad():
+        assert lossk == pytest.approx(float(torch.nn.functional.cross_entropy(many(x), y)), rel=1e-5)
+    with pytest.raises(Exception, match="candidates must be >= 1"):
+        BFA(candidates=0)
+
+
 def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys):
     import shutil
 
@@ -119,6 +134,7 @@ def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys)
     capsys.readouterr()
     for bad, needle in ((["--runs", "0"], "runs=0 must be a positive integer"),
                         (["--target-acc", "2"], "target_acc=2.0 must be in [0, 1]"),
+                        (["--candidates", "0"], "candidates=0 must be a positive integer"),
                         (["--tag", "nope"], "no model0 for tag 'nope'")):
         assert main([*args, *bad]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]

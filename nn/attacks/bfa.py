@@ -12,6 +12,11 @@ and their reference code (elliothe/BFA, ``attack/BFA.py``); our own implementati
 4. the layer with the largest loss keeps its flips; if no layer raised the loss, ``n`` grows by one and the
    search repeats (the progressive part).
 
+``candidates`` > 1 is our stronger variant for models whose forward the gradient describes badly (a chip path,
+where the ADC quantizes and clips partial sums and the gradient is the straight-through one): at ``n = 1`` the
+top ``candidates`` bits of every layer are each tried on their own, and the best of all trials is kept. The
+gradient proposes, the model's own forward decides; ``candidates = 1`` is the reference's attack.
+
 What a "bit" is: the cells the array stores. A ``b``-bit weight is a differential pair of columns,
 w = w+ - w-, each a (b-1)-bit magnitude (:func:`nn.engine.weight_cells`), so a weight has 2(b-1) stored bits
 and a flip moves it by +-2^i, always within [-(2^(b-1)-1), 2^(b-1)-1]; a 1-bit weight (+-1) is one stored
@@ -133,12 +138,14 @@ class BFA:
     """Progressive bit search. ``step`` runs one iteration on the attack batch; ``run`` iterates until an
     evaluation callback reports accuracy at or below ``target_acc`` or ``max_flips`` bits are flipped."""
 
-    def __init__(self, max_flips: int = 100, target_acc: float = 0.11, max_bits_per_step: int = 10) -> None:
-        if max_flips < 1 or max_bits_per_step < 1:
-            raise AttackError("max_flips and max_bits_per_step must be >= 1")
+    def __init__(self, max_flips: int = 100, target_acc: float = 0.11, max_bits_per_step: int = 10,
+                 candidates: int = 1) -> None:
+        if max_flips < 1 or max_bits_per_step < 1 or candidates < 1:
+            raise AttackError("max_flips, max_bits_per_step and candidates must be >= 1")
         if not 0 <= target_acc <= 1:
             raise AttackError(f"target_acc={target_acc!r} must be in [0, 1]")
         self.max_flips, self.target_acc, self.max_bits_per_step = max_flips, target_acc, max_bits_per_step
+        self.candidates = candidates
 
     @staticmethod
     def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -180,20 +187,18 @@ class BFA:
         for n in range(1, self.max_bits_per_step + 1):
             best: tuple[float, int, torch.Tensor] | None = None
             for i, gain in enumerate(gains):
-                top = gain.topk(min(n, gain.numel()))
+                top = gain.topk(min(max(n, self.candidates if n == 1 else 1), gain.numel()))
                 idx = top.indices[top.values > 0]  # the gradient mask: only flips that raise the loss
                 if not len(idx):
                     continue
-                snap = bits.snapshot(i)
-                bits.flip(i, idx)
-                if stages is None:
-                    trial = self._loss(model, x, y)
-                else:
-                    k = _stage_of(stages, bits.layers[i])
-                    trial = self._loss_from(stages, k, inputs[k], y)
-                bits.restore(i, snap)
-                if best is None or trial > best[0]:
-                    best = (trial, i, idx)
+                k = 0 if stages is None else _stage_of(stages, bits.layers[i])
+                for group in (idx.split(1) if n == 1 else [idx]):  # n = 1: each candidate bit on its own
+                    snap = bits.snapshot(i)
+                    bits.flip(i, group)
+                    trial = self._loss(model, x, y) if stages is None else self._loss_from(stages, k, inputs[k], y)
+                    bits.restore(i, snap)
+                    if best is None or trial > best[0]:
+                        best = (trial, i, group)
             if best is not None and best[0] > base:
                 return bits.flip(best[1], best[2]), best[0]
         logger.warning("BFA: no flip of up to %d bits per layer raises the loss", self.max_bits_per_step)
