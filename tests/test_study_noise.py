@@ -72,6 +72,28 @@ def test_first_input_bits_reaches_every_cell_and_leaves_old_keys_alone():
         TrainConfig(model="test_resnet", first_input_bits=0)
 
 
+def test_an_attack_that_helps_the_model_cannot_raise_its_accuracy():
+    # label leaking: an adversarially trained model may classify PGD's true-label images better than clean ones
+    # (measured: 85 % vs 28 %); the attacker could submit the clean image instead, so the score is capped by it
+    import torch
+
+    from nn.training import predict
+    from pipeline.study_noise import robust_accuracy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x, y = torch.rand(60, 1, 4, 4), torch.randint(0, 3, (60,))
+    pred = predict(model, x)
+    ok = pred == y
+    # the "attack" swaps each image for one the model labels as that image's true class, where one exists
+    helpful = torch.stack([x[(pred == y[i]).nonzero()[0, 0]] if (pred == y[i]).any() else x[i] for i in range(60)])
+    final_iterate = float((predict(model, helpful) == y).float().mean())
+    assert final_iterate > float(ok.float().mean())  # scoring the attacked images alone rewards the attack
+    assert robust_accuracy(model, helpful, y, ok) == pytest.approx(float(ok.float().mean()))
+    assert robust_accuracy(model, x, y, ok) == pytest.approx(float(ok.float().mean()))  # a zero perturbation
+    assert robust_accuracy(model, x[torch.randperm(60)], y, ok) <= float(ok.float().mean())
+
+
 def test_figure_tables_average_over_runs():
     cfg = StudyNoiseConfig(bits=(1,), noise=(0.0, 1.0), psq=("none", "1bit"), runs=2)
     rows = []
