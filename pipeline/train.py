@@ -194,7 +194,13 @@ class TrainConfig:
         d = asdict(self)
         if d["first_input_bits"] is None:
             del d["first_input_bits"]
+        if self.adv_train:  # 2: the attack's forwards no longer set BatchNorm's running statistics (retrains)
+            d["adv_train_version"] = ADV_TRAIN_VERSION
         return d
+
+
+ADV_TRAIN_VERSION = 2
+"""Adversarial training's revision, hashed into adversarially trained runs only (see ``TrainConfig.to_dict``)."""
 
 
 def trains_on_chip(config: Mapping[str, Any]) -> bool:

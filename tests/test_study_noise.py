@@ -44,6 +44,9 @@ def test_eps_sets_every_pgd_and_only_adversarial_cells_retrain():
     fewer = replace(base, adv_steps=5)  # and across adversarial-training settings
     assert train_cfg(fewer, clean) == train_cfg(base, clean) and cell_key(fewer, clean) == cell_key(base, clean)
     assert train_cfg(fewer, adv).adv_steps == 5 and cell_key(fewer, adv) != cell_key(base, adv)
+    # adversarial training's revision retrains adversarial cells only
+    assert "adv_train_version" in train_cfg(base, adv).to_dict()
+    assert "adv_train_version" not in train_cfg(base, clean).to_dict()
     assert (train_cfg(strong, adv).adv_eps, train_cfg(strong, adv).adv_alpha) == (0.1, strong.alpha)
     assert cell_key(strong, clean) != cell_key(base, clean)  # but attacked again
 
