@@ -93,11 +93,12 @@ def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     """Run ``steps`` optimizer steps (global step numbers from ``first_step``) in train mode.
 
     With ``adv`` (e.g. PGD), each batch's loss is (1 - adv_weight) * CE(clean) + adv_weight * CE(adversarial),
-    the adversarial examples generated against the current model (seed 000's PGD adversarial training). The
-    attack sees the model as the loss does (train mode, batch statistics), but its forwards leave the
-    BatchNorm running statistics alone: otherwise the attack's iterates (``steps`` forwards per batch against
-    two of the loss) set the statistics the test uses, and clean accuracy collapsed (measured: 28 % in eval
-    mode, 60 % once the statistics were re-estimated on clean images).
+    the adversarial examples generated against the current model (seed 000's PGD adversarial training; the
+    attack runs the model in eval mode, as every attack does). The adversarial forward normalizes with its own
+    batch's statistics but leaves BatchNorm's running statistics to the clean batches: averaged over clean and
+    adversarial batches they fit neither, and clean test accuracy collapsed (measured: 28 % in eval mode, 60 %
+    once the same weights' statistics were re-estimated on clean images). AdvProp (Xie et al., CVPR 2020) keeps
+    separate statistics for adversarial batches for the same reason.
     """
     model.train()
     stream = index_stream(len(x), batch, generator)
@@ -112,9 +113,10 @@ def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
         if adv is not None:
+            x_adv = adv(model, xb, yb)
             with frozen_batchnorm_stats(model):
-                x_adv = adv(model, xb, yb)
-            loss = (1 - adv_weight) * loss + adv_weight * F.cross_entropy(model(x_adv), yb)
+                adv_logits = model(x_adv)
+            loss = (1 - adv_weight) * loss + adv_weight * F.cross_entropy(adv_logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -194,13 +194,15 @@ class TrainConfig:
         d = asdict(self)
         if d["first_input_bits"] is None:
             del d["first_input_bits"]
-        if self.adv_train:  # 2: the attack's forwards no longer set BatchNorm's running statistics (retrains)
+        if self.adv_train:  # 3: BatchNorm's running statistics follow the clean batches only (retrains)
             d["adv_train_version"] = ADV_TRAIN_VERSION
         return d
 
 
-ADV_TRAIN_VERSION = 2
-"""Adversarial training's revision, hashed into adversarially trained runs only (see ``TrainConfig.to_dict``)."""
+ADV_TRAIN_VERSION = 3
+"""Adversarial training's revision, hashed into adversarially trained runs only (see ``TrainConfig.to_dict``).
+2 froze BatchNorm's statistics around the attack, a no-op (attacks run in eval mode); 3 freezes them around
+the adversarial forward of the loss (:func:`nn.training.train_steps`)."""
 
 
 def trains_on_chip(config: Mapping[str, Any]) -> bool:
