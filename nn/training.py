@@ -10,6 +10,7 @@ them (on a chip: the cells are reprogrammed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -64,24 +65,21 @@ def index_stream(n: int, batch: int, generator: torch.Generator) -> Iterator[tor
             yield perm[i * batch:(i + 1) * batch]
 
 
-class frozen_batchnorm_stats:  # noqa: N801 - a context manager used like a function
-    """Restore every BatchNorm layer's running statistics on exit (the forwards inside still normalize with
-    their batch's statistics in train mode)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self) -> None:
-        # the forwards inside update copies; the originals are put back untouched (never written in place, as
-        # the loss's graph may hold them)
-        self.saved = [dict(m.named_buffers(recurse=False)) for m in self.norms]
-        for m, saved in zip(self.norms, self.saved, strict=True):
-            for k, v in saved.items():
-                setattr(m, k, v.clone())
-
-    def __exit__(self, *exc: object) -> None:
-        for m, saved in zip(self.norms, self.saved, strict=True):
-            for k, v in saved.items():
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
+    """Leave every BatchNorm layer's running statistics as they are across the block (the forwards inside still
+    normalize with their batch's statistics in train mode). The forwards update copies and the originals are
+    put back untouched: never written in place, as a loss's graph may hold them."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [dict(m.named_buffers(recurse=False)) for m in norms]
+    for m, buffers in zip(norms, saved, strict=True):
+        for k, v in buffers.items():
+            setattr(m, k, v.clone())
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, saved, strict=True):
+            for k, v in buffers.items():
                 setattr(m, k, v)
 
 

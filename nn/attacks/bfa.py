@@ -187,7 +187,7 @@ class BFA:
         for n in range(1, self.max_bits_per_step + 1):
             best: tuple[float, int, torch.Tensor] | None = None
             for i, gain in enumerate(gains):
-                top = gain.topk(min(max(n, self.candidates if n == 1 else 1), gain.numel()))
+                top = gain.topk(min(self.candidates if n == 1 else n, gain.numel()))
                 idx = top.indices[top.values > 0]  # the gradient mask: only flips that raise the loss
                 if not len(idx):
                     continue
