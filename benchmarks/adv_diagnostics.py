@@ -1,7 +1,7 @@
 """Is a trained model's adversarial accuracy robustness, label leaking or a BatchNorm-statistics artefact?
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
-     [--images 200] [--threads 1]
+     [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -9,19 +9,32 @@ label (y + 1), with how often the model then predicts that wrong label; and the 
 re-estimating BatchNorm's running statistics on clean training images. Label leaking shows as PGD with the
 true label scoring far above clean and label-free noise; corrupted running statistics as a clean accuracy
 that recalibration restores.
+
+Then the strongest white-box attack we have, against gradient masking, scored as the noise study scores (an
+image counts only if it is right clean and under the attack): PGD with the margin loss (50 steps, R random
+restarts), the same through the digital twin (the model's own weights with an ideal ADC: forward and gradient
+digital, examples applied to the model on its path, BPDA with the identity for the whole readout), and the
+per-image worst case over every attack run here ("ensemble"; with ``--substitute``
+it includes the noise study's black-box substitute attack, trained on 2,000 training images for 3 epochs).
+``--eot K`` averages every white-box gradient over K noise draws (for models with per-inference noise);
+every accuracy reads the same noise draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from nn.attacks import PGD
-from nn.training import accuracy, recalibrate_batchnorm
+from nn.attacks import EOT, PGD, Attack, Substitute
+from nn.convert import cim_layers, set_digital
+from nn.training import accuracy, predict, recalibrate_batchnorm
 from pipeline.bfa import model0_on_its_path
 from pipeline.datasets import load_data
+from pipeline.study_noise import _float_twin
 
 
 def main() -> None:
@@ -31,6 +44,10 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eot", type=int, default=1, help="noise draws per white-box gradient (noisy models)")
+    ap.add_argument("--restarts", type=int, default=3, help="random starts of the margin-loss PGD")
+    ap.add_argument("--no-probes", action="store_true", help="only the strongest-attack section")
+    ap.add_argument("--substitute", action="store_true", help="add the noise study's black-box attack")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
@@ -39,26 +56,74 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     eps, alpha = args.eps, 2 / 255 * args.eps / 0.03
 
+    def same_noise() -> None:
+        for layer in cim_layers(model):
+            layer.set_noise_seed(12345)
+
     def acc(z: torch.Tensor, labels: torch.Tensor = y) -> float:
+        same_noise()
         return 100 * accuracy(model, z, labels, batch=args.images)
 
+    def wb(attack: Attack) -> Attack:
+        return EOT(attack, samples=args.eot) if args.eot > 1 else attack
+
+    rows: list[tuple[str, float]] = []
+    if not args.no_probes:
+        rows += probes(model, x, y, data.x_train, eps, alpha, acc, wb, gen)
+    same_noise()
+    ok = predict(model, x, args.images) == y
+    survive = ok.clone()
+
+    def scored(name: str, adv: torch.Tensor) -> None:
+        same_noise()
+        right = predict(model, adv, args.images) == y
+        survive.mul_(right)
+        rows.append((f"{name} (scored: right clean and attacked)", 100 * float((ok & right).float().mean())))
+
+    if args.substitute:  # the noise study's black-box attack, at its default budget
+        sub = Substitute(_float_twin(header), data.x_train[-2000:], epochs=3, batch=128, seed=5)
+        sub.fit(model)
+        sub.attack = PGD(eps, alpha, seed=6)
+        scored(f"black-box substitute PGD (agreement {sub.agreement:.2f})", sub(model, x, y))
+    scored("PGD, cross-entropy, 10 steps", wb(PGD(eps, alpha, 10, seed=1))(model, x, y))
+    scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts",
+           wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
+    set_digital(model, True)
+    try:
+        twin_ce = PGD(eps, alpha, 10, seed=3)(model, x, y)
+        twin_margin = PGD(eps, alpha / 2, 50, seed=4, loss="margin", restarts=args.restarts)(model, x, y)
+    finally:
+        set_digital(model, False)
+    scored("digital twin's PGD (cross-entropy, 10 steps) applied", twin_ce)
+    scored(f"digital twin's PGD (margin, 50 steps, {args.restarts} restarts) applied", twin_margin)
+    rows.append(("ensemble: right clean and under every attack above", 100 * float(survive.float().mean())))
+    print(f"| {args.tag}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:.1f} |")
+
+
+def probes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor, eps: float,
+           alpha: float, acc: Any, wb: Any, gen: torch.Generator) -> list[tuple[str, float]]:
+    """Label leaking and BatchNorm probes (plain accuracy of the perturbed images). Re-estimating BatchNorm
+    changes the model, so it runs on a copy."""
     with torch.no_grad():
         pred = model(x).argmax(1)
     wrong = (y + 1) % 10
     rows = [("clean", acc(x)),
             ("uniform noise +-eps", acc((x + (2 * torch.rand(x.shape, generator=gen) - 1) * eps).clamp(0, 1))),
             ("random signs x eps", acc((x + torch.sign(torch.rand(x.shape, generator=gen) - 0.5) * eps).clamp(0, 1))),
-            ("PGD, true label, 10 steps", acc(PGD(eps, alpha, 10, seed=1)(model, x, y))),
-            ("PGD, true label, 50 steps of alpha/4", acc(PGD(eps, alpha / 4, 50, seed=1)(model, x, y))),
-            ("PGD, the model's own prediction", acc(PGD(eps, alpha, 10, seed=1)(model, x, pred)))]
-    adv = PGD(eps, alpha, 10, seed=1)(model, x, wrong)
+            ("PGD, true label, 10 steps", acc(wb(PGD(eps, alpha, 10, seed=1))(model, x, y))),
+            ("PGD, true label, 50 steps of alpha/4", acc(wb(PGD(eps, alpha / 4, 50, seed=1))(model, x, y))),
+            ("PGD, the model's own prediction", acc(wb(PGD(eps, alpha, 10, seed=1))(model, x, pred)))]
+    adv = wb(PGD(eps, alpha, 10, seed=1))(model, x, wrong)
     rows += [("PGD for a wrong label (y+1): accuracy", acc(adv)),
              ("PGD for a wrong label (y+1): predicts that label", acc(adv, wrong))]
-    recalibrate_batchnorm(model, data.x_train, batch=128, batches=8, generator=torch.Generator().manual_seed(0))
-    rows.append(("clean, BatchNorm statistics re-estimated on clean images", acc(x)))
-    print(f"| {args.tag}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value:.1f} |")
+    copy_ = copy.deepcopy(model)
+    recalibrate_batchnorm(copy_, x_train, batch=128, batches=8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rows.append(("clean, BatchNorm statistics re-estimated on clean images",
+                     100 * float((copy_(x).argmax(1) == y).float().mean())))
+    return rows
 
 
 if __name__ == "__main__":

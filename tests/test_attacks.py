@@ -149,3 +149,31 @@ def test_adversarial_training_keeps_batchnorm_statistics_clean():
                 lr_at=lambda s: 0.01, adv=PGD(0.1, 0.03, steps=5, seed=1))
     assert int(bn.num_batches_tracked) == 3  # the clean forward of each step only (the adversarial one: 6)
     assert model.training
+
+
+def test_pgd_restarts_keep_every_image_the_first_start_fooled(float_model):
+    """R restarts begin with the single-start run (same seed, same first draw) and never give up a fooling
+    example, so they fool a superset of its images, inside the same ball."""
+    model, x, y = float_model
+    for loss in ("ce", "margin"):
+        one = PGD(eps=0.04, alpha=0.01, steps=3, seed=5, loss=loss)(model, x, y)
+        many = PGD(eps=0.04, alpha=0.01, steps=3, seed=5, loss=loss, restarts=4)(model, x, y)
+        f1, f4 = _pred(model, one) != y, _pred(model, many) != y
+        assert bool((f1 <= f4).all()), loss
+        assert (many - x).abs().max() <= 0.04 + 1e-6
+    with pytest.raises(AttackError, match="loss"):
+        PGD(loss="hinge")
+    with pytest.raises(AttackError, match="restarts"):
+        PGD(restarts=2, random_start=False)
+
+
+def test_margin_loss_is_positive_exactly_when_the_label_lost(float_model):
+    from nn.attacks._base import margin_loss
+
+    model, x, y = float_model
+    adv = PGD(eps=0.1, alpha=0.02, steps=10, seed=0, loss="margin")(model, x, y)
+    with torch.no_grad():
+        logits = model(adv)
+    fooled = logits.argmax(1) != y
+    assert fooled.any() and (~fooled).any()
+    assert torch.equal(margin_loss(logits, y) > 0, fooled)

@@ -67,5 +67,12 @@ class Attack(ABC):
         return grad, logits.detach()
 
 
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, the best logit other than ``labels``' minus ``labels``' own (positive: the label lost)."""
+    real = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -torch.inf).amax(1)
+    return other - real
+
+
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="sum")

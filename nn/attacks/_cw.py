@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from nn.attacks._base import margin_loss
+
 #: The reference maps images into tanh space with arctanh(x * 1.999999): keep 1e-6 away from +-1.
 TANH_SCALE = 0.999999
 
@@ -25,9 +27,8 @@ def from_tanh_space(w: torch.Tensor) -> torch.Tensor:
 def margin(logits: torch.Tensor, labels: torch.Tensor, confidence: float, targeted: bool) -> torch.Tensor:
     """The f6 objective per image: max(Z_y - max_{j != y} Z_j + kappa, 0) untargeted (push the true class
     below the best other by kappa), max(max_{j != t} Z_j - Z_t + kappa, 0) targeted."""
-    real = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[1]).bool(), -torch.inf).amax(1)
-    return torch.clamp((other - real if targeted else real - other) + confidence, min=0)
+    lost = margin_loss(logits, labels)
+    return torch.clamp((lost if targeted else -lost) + confidence, min=0)
 
 
 def succeeded(logits: torch.Tensor, labels: torch.Tensor, confidence: float, targeted: bool) -> torch.Tensor:

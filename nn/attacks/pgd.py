@@ -6,20 +6,29 @@ images in [0, 1]. From a uniform random start inside the ball (``random_start``)
 on the cross-entropy loss: sign of the gradient times ``alpha`` (L-inf) or the L2-normalized gradient
 times ``alpha`` (L2), each followed by projection onto the ball and the box. Shapes: images [B, ...] in
 [0, 1], labels [B] -> adversarial images [B, ...]. Defaults are seed 000's (eps 0.03, alpha 2/255, 10 steps).
+
+Against masked gradients (a defence is only as strong as the strongest attack tried on it), two knobs:
+``loss="margin"`` ascends max_{j != y} Z_j - Z_y on the logits instead of the cross-entropy, which keeps a
+useful gradient where the softmax saturates (Carlini and Wagner's f6 without the clamp; the DLR idea of
+Croce and Hein's AutoAttack, ICML 2020, without its rescaling); ``restarts=R`` runs R random starts and keeps,
+per image, the first example that fools the model, else the one of highest loss (Madry et al.'s restarts).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from nn.attacks._base import Attack, AttackError
+from nn.attacks._base import Attack, AttackError, margin_loss
+
+LOSSES = ("ce", "margin")
 
 
 class PGD(Attack):
     """Projected gradient descent in the L-inf or L2 ball."""
 
     def __init__(self, eps: float = 0.03, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
-                 random_start: bool = True, seed: int | None = None) -> None:
+                 random_start: bool = True, seed: int | None = None, loss: str = "ce", restarts: int = 1) -> None:
         if not 0 < eps <= 1 and norm == "linf":
             raise AttackError(f"eps={eps} must be in (0, 1] for an L-inf attack on [0, 1] images")
         if not eps > 0:
@@ -28,7 +37,12 @@ class PGD(Attack):
             raise AttackError(f"alpha={alpha} must be > 0 and steps={steps} >= 1")
         if norm not in ("linf", "l2"):
             raise AttackError(f"norm {norm!r}: choose 'linf' or 'l2'")
+        if loss not in LOSSES:
+            raise AttackError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        if restarts < 1 or (restarts > 1 and not random_start):
+            raise AttackError(f"restarts={restarts} must be >= 1 (and > 1 only with a random start)")
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
+        self.loss, self.restarts = loss, restarts
         self.random_start = random_start
         self.seed = seed
         self._gen: torch.Generator | None = None
@@ -48,7 +62,31 @@ class PGD(Attack):
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
         return delta * torch.clamp(self.eps / norms, max=1.0)
 
+    def per_image_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss == "margin":
+            return margin_loss(logits, labels)
+        return F.cross_entropy(logits, labels, reduction="none")
+
     def forward(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        best = self.one_start(model, images, labels)
+        if self.restarts == 1:
+            return best
+        with torch.no_grad():
+            logits = self.get_logits(model, best)
+        best_fooled, best_loss = logits.argmax(1) != labels, self.per_image_loss(logits, labels)
+        for _ in range(self.restarts - 1):
+            x = self.one_start(model, images, labels)
+            with torch.no_grad():
+                logits = self.get_logits(model, x)
+            fooled, loss = logits.argmax(1) != labels, self.per_image_loss(logits, labels)
+            better = ~best_fooled & (fooled | (loss > best_loss))  # a fooling example is never replaced
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, best)
+            best_fooled, best_loss = best_fooled | fooled, torch.where(better, loss, best_loss)
+        return best
+
+    def one_start(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One run of PGD from a (random) start."""
+        loss_fn = (lambda z, t: margin_loss(z, t).sum()) if self.loss == "margin" else None
         delta = torch.zeros_like(images)
         if self.random_start:
             u = torch.rand(images.shape, generator=self._generator(images.device), device=images.device,
@@ -56,7 +94,7 @@ class PGD(Attack):
             delta = self.project((2 * u - 1) * self.eps)
         x = (images + delta).clamp(0, 1)
         for _ in range(self.steps):
-            grad, _ = self.input_grad(model, x, labels)
+            grad, _ = self.input_grad(model, x, labels, loss_fn)
             if self.norm == "linf":
                 step = grad.sign()
             else:
