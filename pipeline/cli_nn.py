@@ -295,5 +295,6 @@ def run_study_noise(args: argparse.Namespace) -> None:
             bar.refresh()
 
         res = study_noise(args.run_dir, cfg, ex, args.workers, progress)
-    log.info("study-noise: %d cells -> %s (clean %.3f, black-box PGD %.3f, white-box PGD %.3f)", res.tag.nunique(),
-             args.run_dir / "study_noise", res.clean_acc.mean(), res.bb_pgd_acc.mean(), res.wb_pgd_acc.mean())
+    log.info("study-noise: %d cells -> %s (clean %.3f, black-box PGD %.3f, white-box PGD %.3f, worst of both %.3f)",
+             res.tag.nunique(), args.run_dir / "study_noise", res.clean_acc.mean(), res.bb_pgd_acc.mean(),
+             res.wb_pgd_acc.mean(), res.worst_acc.mean())

@@ -154,7 +154,7 @@ def run_noise_study(ctx: Context) -> str:
     with ctx.executor() as ex, ctx.bar("noise study", "cell") as bar:
         res = study_noise(ctx.run_dir, build(ctx.cfg, "noise_study"), ex, ctx.settings.workers, _progress(bar))
     return (f"{res.tag.nunique()} cells: clean {res.clean_acc.mean():.3f}, black-box PGD {res.bb_pgd_acc.mean():.3f}, "
-            f"white-box PGD {res.wb_pgd_acc.mean():.3f}")
+            f"white-box PGD {res.wb_pgd_acc.mean():.3f}, worst of both {res.worst_acc.mean():.3f}")
 
 
 def run_report(ctx: Context) -> str:

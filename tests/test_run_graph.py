@@ -200,3 +200,14 @@ def test_presets_are_valid_and_paper_is_the_seeds_scale():
     assert paper.values["characterize"]["samples"] == 1000 and paper.values["finetune"]["chips"] == "0-19"
     assert paper.values["noise_study"]["bits"] == (1, 2, 4)
     assert quick.values["characterize"]["samples"] < paper.values["characterize"]["samples"]
+
+
+def test_noise_study_worst_case_is_below_each_attack(graph_run):
+    # an image survives the worst case only if it survives both attacks of its run, so no column can exceed it
+    import pandas as pd
+
+    run, _, _ = graph_run
+    res = pd.read_parquet(run / "study_noise" / "results.parquet")
+    assert len(res) and (res.worst_acc <= res[["bb_pgd_acc", "wb_pgd_acc"]].min(axis=1) + 1e-12).all()
+    assert (res[["bb_pgd_acc", "wb_pgd_acc"]].max(axis=1) <= res.clean_acc + 1e-12).all()
+    assert "worst of both" in (run / "study_noise" / "table2.md").read_text()

@@ -81,7 +81,7 @@ def test_an_attack_that_helps_the_model_cannot_raise_its_accuracy():
     import torch
 
     from nn.training import predict
-    from pipeline.study_noise import robust_accuracy
+    from pipeline.study_noise import survivors
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
@@ -92,9 +92,12 @@ def test_an_attack_that_helps_the_model_cannot_raise_its_accuracy():
     helpful = torch.stack([x[(pred == y[i]).nonzero()[0, 0]] if (pred == y[i]).any() else x[i] for i in range(60)])
     final_iterate = float((predict(model, helpful) == y).float().mean())
     assert final_iterate > float(ok.float().mean())  # scoring the attacked images alone rewards the attack
-    assert robust_accuracy(model, helpful, y, ok) == pytest.approx(float(ok.float().mean()))
-    assert robust_accuracy(model, x, y, ok) == pytest.approx(float(ok.float().mean()))  # a zero perturbation
-    assert robust_accuracy(model, x[torch.randperm(60)], y, ok) <= float(ok.float().mean())
+    def robust_accuracy(adv):
+        return float(survivors(model, adv, y, ok).float().mean())
+
+    assert robust_accuracy(helpful) == pytest.approx(float(ok.float().mean()))
+    assert robust_accuracy(x) == pytest.approx(float(ok.float().mean()))  # a zero perturbation
+    assert robust_accuracy(x[torch.randperm(60)]) <= float(ok.float().mean())
 
 
 def test_figure_tables_average_over_runs():
@@ -104,7 +107,7 @@ def test_figure_tables_average_over_runs():
         for r in range(2):
             rows.append({"model": "m", "bits": c.bits, "noise": c.noise, "psq": c.psq, "adv_train": c.adv, "run": r,
                          "clean_acc": 0.8, "bb_pgd_acc": 0.2 + 0.1 * r + (0.05 if c.noise == "1" else 0),
-                         "wb_pgd_acc": 0.01, "bfa_flips": float(10 + r) if c.bfa else np.nan,
+                         "wb_pgd_acc": 0.01, "worst_acc": 0.005, "bfa_flips": float(10 + r) if c.bfa else np.nan,
                          "substitute_agreement": 0.9, "tag": c.tag})
     tabs = figure_tables(pd.DataFrame(rows), cfg)
     f3 = tabs["fig3"]
@@ -114,7 +117,7 @@ def test_figure_tables_average_over_runs():
     assert set(f6.series) == {"baseline", "Bin. IS", "Bin. IS IMC"}  # no 3.5-bit PSQ in this grid: no "IMC"
     assert (f6["mean"] == 10.5).all()
     md = table2_markdown(tabs["table2"], cfg)
-    assert "| 1 | 80.0 | 30.0 | 1.0 |" in md
+    assert "| 1 | 80.0 | 30.0 | 1.0 | 0.5 |" in md
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -152,8 +155,8 @@ def test_growing_the_grid_reuses_finished_cells(tmp_path, monkeypatch):
     def fake_cell(run_dir, cfg, cell, key, threads):  # stands in for training + attacks (tested elsewhere)
         ran.append(cell.tag)
         rows = [{"model": cfg.model, "bits": cell.bits, "noise": cell.noise, "psq": cell.psq, "adv_train": cell.adv,
-                 "run": 0, "clean_acc": 0.9, "bb_pgd_acc": 0.5, "wb_pgd_acc": 0.4, "bfa_flips": float("nan"),
-                 "substitute_agreement": 0.8, "tag": cell.tag}]
+                 "run": 0, "clean_acc": 0.9, "bb_pgd_acc": 0.5, "wb_pgd_acc": 0.4, "worst_acc": 0.3,
+                 "bfa_flips": float("nan"), "substitute_agreement": 0.8, "tag": cell.tag}]
         sn.write_json(sn._cell_path(Path(run_dir), cell), {"key": key, "rows": rows})
         return rows
 
