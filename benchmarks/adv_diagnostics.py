@@ -32,9 +32,10 @@ import torch
 from nn.attacks import EOT, PGD, Attack, Substitute
 from nn.convert import cim_layers, set_digital
 from nn.training import accuracy, predict, recalibrate_batchnorm
+from pipeline.artifacts import ArtifactError
 from pipeline.bfa import model0_on_its_path
 from pipeline.datasets import load_data
-from pipeline.study_noise import _float_twin
+from pipeline.study_noise import _float_twin, survivors
 
 
 def main() -> None:
@@ -49,8 +50,13 @@ def main() -> None:
     ap.add_argument("--no-probes", action="store_true", help="only the strongest-attack section")
     ap.add_argument("--substitute", action="store_true", help="add the noise study's black-box attack")
     args = ap.parse_args()
+    if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
+        ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
     torch.set_num_threads(args.threads)
-    model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
+    try:
+        model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
+    except ArtifactError as exc:
+        ap.exit(2, f"adv_diagnostics: {exc}\n")
     data = load_data(header["data"], 2048, args.images)
     x, y = data.x_test, data.y_test
     gen = torch.Generator().manual_seed(0)
@@ -76,9 +82,9 @@ def main() -> None:
 
     def scored(name: str, adv: torch.Tensor) -> None:
         same_noise()
-        right = predict(model, adv, args.images) == y
+        right = survivors(model, adv, y, ok, args.images)
         survive.mul_(right)
-        rows.append((f"{name} (scored: right clean and attacked)", 100 * float((ok & right).float().mean())))
+        rows.append((f"{name} (scored: right clean and attacked)", 100 * float(right.float().mean())))
 
     if args.substitute:  # the noise study's black-box attack, at its default budget
         sub = Substitute(_float_twin(header), data.x_train[-2000:], epochs=3, batch=128, seed=5)

@@ -18,7 +18,8 @@ SUMMARY = pa.schema([
     pa.field("metric", pa.string()), pa.field("mean", pa.float64()), pa.field("std", pa.float64()),
     pa.field("n", pa.int64()),
 ])
-METRICS = ("clean_acc", "bb_pgd_acc", "wb_pgd_acc", "worst_acc", "bfa_flips")
+ACCURACIES = ("clean_acc", "bb_pgd_acc", "wb_pgd_acc", "worst_acc")
+METRICS = (*ACCURACIES, "bfa_flips")
 
 
 def _agg(results: pd.DataFrame, figure: str, series: str, sel: pd.Series, metrics: tuple[str, ...]) -> list[dict]:
@@ -36,19 +37,18 @@ def figure_tables(results: pd.DataFrame, cfg: Any) -> dict[str, pd.DataFrame]:
     """{figure: long table of mean/std per series, precision and metric}."""
     r, ref, zero = results, cfg.reference, f"{0.0:g}"
     out: dict[str, list[dict]] = {"table2": [], "fig3": [], "fig4": [], "fig5": [], "fig6": []}
-    acc = ("clean_acc", "bb_pgd_acc", "wb_pgd_acc", "worst_acc")
     for n in cfg.levels:
         for adv in (False, True):
             sel = (r.psq == "none") & (r.noise == n) & (r.adv_train == adv)
             series = f"noise {n}" + (" adv" if adv else "")
-            out["fig3"] += _agg(r, "fig3", series, sel, acc)
-            out["table2"] += _agg(r, "table2", series, sel & (r.bits == min(cfg.bits)), acc)
+            out["fig3"] += _agg(r, "fig3", series, sel, ACCURACIES)
+            out["table2"] += _agg(r, "table2", series, sel & (r.bits == min(cfg.bits)), ACCURACIES)
     for n, label in ((zero, "ideal 3.5-bit PSQ"), (ref, "noisy 3.5-bit PSQ")):
-        out["fig4"] += _agg(r, "fig4", label, (r.psq == "3.5bit") & (r.noise == n) & r.adv_train, acc)
+        out["fig4"] += _agg(r, "fig4", label, (r.psq == "3.5bit") & (r.noise == n) & r.adv_train, ACCURACIES)
     for p in cfg.psq:
         for n in (zero, ref):
             sel = (r.psq == p) & (r.noise == n) & ~r.adv_train
-            out["fig5"] += _agg(r, "fig5", f"PSQ {p}, noise {n}", sel, acc)
+            out["fig5"] += _agg(r, "fig5", f"PSQ {p}, noise {n}", sel, ACCURACIES)
     for label, p, n in (("baseline", "none", zero), ("IMC", "3.5bit", ref), ("Bin. IS", "1bit", zero),
                         ("Bin. IS IMC", "1bit", ref)):
         sel = (r.psq == p) & (r.noise == n) & ~r.adv_train
@@ -110,7 +110,6 @@ def table2_markdown(tab: pd.DataFrame, cfg: Any) -> str:
         return "-" if sel.empty or np.isnan(sel["mean"].iloc[0]) else f"{100 * sel['mean'].iloc[0]:.1f}"
 
     for n in cfg.levels:
-        vals = [cell(n, adv, m) for adv in (False, True) for m in ("clean_acc", "bb_pgd_acc", "wb_pgd_acc",
-                                                                    "worst_acc")]
+        vals = [cell(n, adv, m) for adv in (False, True) for m in ACCURACIES]
         lines.append(f"| {n} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

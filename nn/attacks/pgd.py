@@ -67,18 +67,21 @@ class PGD(Attack):
             return margin_loss(logits, labels)
         return F.cross_entropy(logits, labels, reduction="none")
 
+    def judge(self, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fooled, loss) per image of one start's examples."""
+        with torch.no_grad():
+            logits = self.get_logits(model, x)
+        return logits.argmax(1) != labels, self.per_image_loss(logits, labels)
+
     def forward(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         best = self.one_start(model, images, labels)
         if self.restarts == 1:
             return best
-        with torch.no_grad():
-            logits = self.get_logits(model, best)
-        best_fooled, best_loss = logits.argmax(1) != labels, self.per_image_loss(logits, labels)
+        best_fooled, best_loss = self.judge(model, best, labels)
         for _ in range(self.restarts - 1):
             x = self.one_start(model, images, labels)
-            with torch.no_grad():
-                logits = self.get_logits(model, x)
-            fooled, loss = logits.argmax(1) != labels, self.per_image_loss(logits, labels)
+            fooled, loss = self.judge(model, x, labels)
             better = ~best_fooled & (fooled | (loss > best_loss))  # a fooling example is never replaced
             best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, best)
             best_fooled, best_loss = best_fooled | fooled, torch.where(better, loss, best_loss)
