@@ -276,7 +276,8 @@ def attack(run_dir: Path, cfg: AttackConfig, executor: Executor, device: str = "
                                                                  "binary_search_steps", "initial_const", "n_images",
                                                                  "seed")}
     pending, done = {}, 0
-    for source in sources:
+    # digital sources first: they cost ~50x less than a chip's, so an interrupted run keeps cases 1 and 2
+    for source in sorted(sources, key=lambda s: s.startswith(("chip", "eot"))):
         members = [f"chip_c{k}" for k in eot_chips] if source.startswith("eot") else [source]
         key = config_hash({"attack": attack_key, "models": [design.fingerprint(m) for m in members]})
         path = out / f"adv_{_safe(source)}.pt"

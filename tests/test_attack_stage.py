@@ -3,6 +3,7 @@ determinism and bad input."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pandas as pd
@@ -47,7 +48,7 @@ def test_cases_controls_and_outputs(attacked):
     assert adv.shape == (24, 1, 28, 28) and adv.min() >= 0 and adv.max() <= 1
 
 
-def test_rerun_reuses_sources_and_is_deterministic(attacked, tmp_path):
+def test_rerun_reuses_sources_and_is_deterministic(attacked, tmp_path, caplog):
     run, res = attacked
     out = run / "attack/tiny/sar_wl10/cw-l2"
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("adv_*.pt")}
@@ -56,7 +57,12 @@ def test_rerun_reuses_sources_and_is_deterministic(attacked, tmp_path):
     shutil.rmtree(copy / "attack")
     with make_executor(1) as ex:
         again = attack(run, AttackConfig(**ATTACK), ex)
-        fresh = attack(copy, AttackConfig(**ATTACK), ex)
+        with caplog.at_level(logging.INFO, logger="pipeline.attack"):
+            fresh = attack(copy, AttackConfig(**ATTACK), ex)
+    msgs = [r.getMessage() for r in caplog.records]
+    made = [m.split(" on ")[1].split(" done")[0] for m in msgs if "examples on" in m]
+    # digital sources (cheap) are made before any chip or EOT source (an interrupt keeps cases 1 and 2)
+    assert made[:2] == ["model0", "model1_c0"] and len(made) == len(set(res.source))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("adv_*.pt")} == mtimes
     pd.testing.assert_frame_equal(again, res)
     pd.testing.assert_frame_equal(fresh, res)
