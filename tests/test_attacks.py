@@ -133,6 +133,22 @@ def test_eot_over_models_averages_their_gradients(float_model):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_eot_restarts_judge_the_population_not_the_ignored_model(float_model):
+    """With ``models`` the attacked model is ignored: PGD's restarts must be judged on the population's mean
+    logits too (they were judged on the ignored model), and the result equals restarts on the model itself."""
+    model, x, y = float_model
+    import copy
+
+    class Refuse(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the ignored model was called")
+
+    twin = copy.deepcopy(model)
+    a = PGD(eps=0.04, alpha=0.01, steps=3, seed=5, restarts=3)(model, x[:16], y[:16])
+    b = EOT(PGD(eps=0.04, alpha=0.01, steps=3, seed=5, restarts=3), models=[model, twin])(Refuse(), x[:16], y[:16])
+    assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_adversarial_training_keeps_batchnorm_statistics_clean():
     # statistics averaged over clean and adversarial batches fit neither (clean accuracy 28 %, 60 % after
     # re-estimating them on clean images): only the clean forward of each step updates them

@@ -5,7 +5,8 @@ Whatever is random at inference -- per-inference ADC noise, or which chip of a p
 example -- is averaged out of the gradient: every input gradient the wrapped attack asks for becomes the mean
 of ``samples`` gradients, each from a fresh forward of the model (new noise draws), or the mean over a given
 set of ``models`` (e.g. chips drawn from the offset population; the attacked model is then ignored). Logits
-returned to the attack are averaged the same way, so success checks see the expected prediction.
+returned to the attack, and every forward it makes itself (PGD judging its restarts), are averaged the same way, so
+success checks see the expected prediction of the population or the noise, not one draw or the ignored model.
 Shapes and defaults are those of the wrapped attack.
 """
 
@@ -56,5 +57,11 @@ class EOT(Attack):
             grads, logits = zip(*(base(d, x, y, loss_fn) for d in draws), strict=True)
             return torch.stack(grads).mean(0), torch.stack(logits).mean(0)
 
+        base_logits = self.attack.get_logits
+
+        def mean_logits(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([base_logits(d, x) for d in draws]).mean(0)
+
         inner.input_grad = averaged  # type: ignore[method-assign,assignment]  # this copy only
+        inner.get_logits = mean_logits  # type: ignore[method-assign]  # success checks (PGD's restarts) see the mean
         return inner.forward(model, images, labels)
