@@ -63,5 +63,5 @@ class EOT(Attack):
             return torch.stack([base_logits(d, x) for d in draws]).mean(0)
 
         inner.input_grad = averaged  # type: ignore[method-assign,assignment]  # this copy only
-        inner.get_logits = mean_logits  # type: ignore[method-assign]  # success checks (PGD's restarts) see the mean
+        inner.get_logits = mean_logits  # type: ignore[method-assign,assignment]  # success checks (PGD's restarts) see the mean
         return inner.forward(model, images, labels)
