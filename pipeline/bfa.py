@@ -141,6 +141,8 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
             flips.append({"run": r, "method": method, "flip": counts[method], "layer": f.layer,
                           "weight_index": f.weight_index, "bit": f.bit, "polarity": f.polarity, "loss": loss,
                           "acc": acc})
+            (logger.info if method == "bfa" else logger.debug)(
+                "bfa %s run %d: %s flip %d in %s -> accuracy %.4f", cfg.tag, r, method, counts[method], f.layer, acc)
         return on_flip
 
     attacked = copy.deepcopy(model)
