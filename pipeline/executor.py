@@ -6,8 +6,11 @@ Every stage submits pure functions of picklable tasks, so results do not depend 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -77,9 +80,23 @@ def as_completed(futures: Iterable[Future]) -> Iterator[Future]:
         yield from concurrent.futures.as_completed(others)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     # ngspice's OpenMP threads slow small decks down: one thread per process, one process per core.
     os.environ["OMP_NUM_THREADS"] = "1"
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: this worker gets SIGTERM when the stage process that started it dies, however it died (a
+    ``kill`` of the command reaches only the command; its pool's workers would otherwise train on as orphans)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl: orphans stay possible
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @contextmanager
@@ -104,5 +121,6 @@ def make_executor(workers: int, scheduler: str | None = None) -> Iterator[Execut
         yield InlineExecutor()
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         yield pool

@@ -65,3 +65,51 @@ def test_worker_threads_follow_the_cpu_affinity_not_the_core_count():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "1", "1"]
     assert threads_per_worker(1) == len(os.sched_getaffinity(0))
+
+
+def test_pool_workers_die_with_a_killed_stage(tmp_path):
+    """A stage killed outright (SIGKILL: no cleanup runs) must not leave its pool's workers running as orphans."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = (
+        "import os, time\n"
+        "from pipeline.executor import make_executor\n"
+        "def work(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    with make_executor(2) as ex:\n"
+        f"        ex.submit(work, {str(pid_file)!r}).result()\n"
+    )
+    (tmp_path / "stage.py").write_text(script)
+    stage = subprocess.Popen([sys.executable, str(tmp_path / "stage.py")], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline and stage.poll() is None, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        os.kill(worker, 0)  # alive while its stage runs
+        stage.send_signal(signal.SIGKILL)
+        stage.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived its killed stage"
+            time.sleep(0.1)
+    finally:
+        stage.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie (dead, not yet reaped by init) counts as gone
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
