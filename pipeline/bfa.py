@@ -135,6 +135,17 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
 
     counts: dict[str, int] = {}
 
+    attacked = copy.deepcopy(model)
+    partial = _run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.partial.json"
+    recorded = _resumable_flips(partial, key)  # an interrupted run: its BFA flips so far, replayed
+    if recorded:
+        stored = StoredBits(attacked)
+        for rec in recorded:
+            stored.replay(rec["layer"], rec["weight_index"], rec["bit"], rec["polarity"])
+        flips.extend(recorded)
+        counts["bfa"] = len(recorded)
+        logger.info("bfa %s run %d: resumed after %d BFA flips", cfg.tag, r, len(recorded))
+
     def record(method: str) -> Any:
         def on_flip(f: Any, loss: float, acc: float) -> None:
             counts[method] = counts.get(method, 0) + 1
@@ -145,9 +156,17 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
                 "bfa %s run %d: %s flip %d in %s -> accuracy %.4f", cfg.tag, r, method, counts[method], f.layer, acc)
         return on_flip
 
-    attacked = copy.deepcopy(model)
-    attack = BFA(cfg.max_flips, cfg.target_acc, candidates=cfg.candidates)
-    n, acc, reached = attack.run(attacked, x, y, evaluate, record("bfa"))
+    resumed = counts.get("bfa", 0)
+    left = cfg.max_flips - resumed
+    attack = BFA(left, cfg.target_acc, candidates=cfg.candidates) if left > 0 else None
+
+    def save_step() -> None:  # every step's flips are on disk before the next step: an interrupt loses one step
+        write_json(partial, {"key": key, "flips": flips})
+
+    n, acc, reached = (attack.run(attacked, x, y, evaluate, record("bfa"), save_step) if attack
+                       else (0, evaluate(attacked), False))
+    n += resumed
+    reached = reached or acc <= cfg.target_acc
     rows.append({"run": r, "method": "bfa", "flips": n, "acc_before": before, "acc_after": acc, "reached": reached})
     rand, rgen = copy.deepcopy(model), torch.Generator().manual_seed(seeds[1])
     bits, on_flip, acc, k = StoredBits(rand), record("random"), before, 0
@@ -162,9 +181,22 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
         row.update(path="chip" if chip else "digital", noise_sigma_psum=cfg.noise_sigma_psum)
     out = {"key": key, "rows": rows, "flips": flips}
     write_json(_run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.json", out)
+    partial.unlink(missing_ok=True)
     logger.info("bfa %s run %d: BFA %d flips -> %.4f; random %d flips -> %.4f", cfg.tag, r, n, rows[0]["acc_after"],
                 k, acc)
     return out
+
+
+def _resumable_flips(path: Path, key: str) -> list[dict[str, Any]]:
+    """The BFA flips an interrupted run of these settings recorded (none if it did not, or they do not match)."""
+    if not path.is_file():
+        return []
+    try:
+        doc = read_json(path, fix="the run restarts from its first flip")
+    except ArtifactError as exc:
+        logger.warning("%s", exc)
+        return []
+    return list(doc.get("flips", [])) if doc.get("key") == key else []
 
 
 def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> pd.DataFrame:

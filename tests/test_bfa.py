@@ -139,3 +139,44 @@ def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys)
         assert main([*args, *bad]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line.startswith("cimcosim: error:") and needle in line, line
+
+
+def test_interrupted_bfa_run_resumes_from_its_last_flip(trained_run, tmp_path, monkeypatch):
+    """Every step's flips are on disk as they happen; a rerun replays them and searches only the rest, ending
+    where an uninterrupted run ends (same flips, same accuracies)."""
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.bfa import BFAConfig, bfa
+    from pipeline.executor import InlineExecutor
+
+    cfg = BFAConfig(tag="tiny", runs=1, attack_batch=32, max_flips=5, target_acc=0.0, eval_images=100)
+    runs = {}
+    for name in ("whole", "cut"):
+        runs[name] = tmp_path / name
+        shutil.copytree(trained_run, runs[name], ignore=shutil.ignore_patterns("finetune", "attack", "bfa"))
+    calls = {"n": 0, "stop_at": 0}
+    real_step = BFA.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(BFA, "step", step)
+    whole = bfa(runs["whole"], cfg, InlineExecutor())
+    whole_steps = calls["n"]
+    calls.update(n=0, stop_at=3)  # interrupted in its third step: two steps' flips are on disk
+    with pytest.raises(KeyboardInterrupt):
+        bfa(runs["cut"], cfg, InlineExecutor())
+    partial = runs["cut"] / "bfa/tiny/runs/run_0.partial.json"
+    assert partial.is_file() and not (runs["cut"] / "bfa/tiny/runs/run_0.json").exists()
+    calls.update(n=0, stop_at=0)
+    resumed = bfa(runs["cut"], cfg, InlineExecutor())
+    assert whole_steps >= 3 and calls["n"] == whole_steps - 2  # only the steps not yet on disk ran again
+    pd.testing.assert_frame_equal(resumed, whole)
+    pd.testing.assert_frame_equal(pd.read_parquet(runs["cut"] / "bfa/tiny/flips.parquet"),
+                                  pd.read_parquet(runs["whole"] / "bfa/tiny/flips.parquet"))
+    assert not partial.exists()

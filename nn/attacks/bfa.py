@@ -126,6 +126,19 @@ class StoredBits:
         self._write(i)
         return out
 
+    def replay(self, layer: str, weight_index: int, bit: int, polarity: str) -> Flip:
+        """Flip the stored bit a :class:`Flip` recorded (by its layer name, weight index, bit and polarity)."""
+        if layer not in self.names:
+            raise AttackError(f"recorded flip names layer {layer!r}, which this model does not have")
+        i = self.names.index(layer)
+        numel, mags = self.pos[i].numel(), max(self.bits[i] - 1, 1)
+        expected = ("sign",) if self.bits[i] == 1 else ("pos", "neg")
+        if polarity not in expected or not 0 <= bit < mags or not 0 <= weight_index < numel:
+            raise AttackError(f"recorded flip ({layer}, weight {weight_index}, bit {bit}, {polarity}) does not fit a "
+                              f"{self.bits[i]}-bit layer of {numel} weights")
+        row = mags + bit if polarity == "neg" else bit
+        return self.flip(i, torch.tensor([row * numel + weight_index]))[0]
+
     def snapshot(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pos[i].clone(), self.neg[i].clone()
 
@@ -206,8 +219,10 @@ class BFA:
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             evaluate: Callable[[torch.nn.Module], float],
-            on_flip: Callable[[Flip, float, float], None] | None = None) -> tuple[int, float, bool]:
-        """Attack ``model`` in place: (flips, accuracy after, reached target)."""
+            on_flip: Callable[[Flip, float, float], None] | None = None,
+            on_step: Callable[[], None] | None = None) -> tuple[int, float, bool]:
+        """Attack ``model`` in place: (flips, accuracy after, reached target). ``on_flip`` hears of every
+        flipped bit (with the step's loss and the accuracy after it), ``on_step`` of the end of every step."""
         bits = StoredBits(model)
         flips, acc = 0, evaluate(model)
         while acc > self.target_acc and flips < self.max_flips:
@@ -219,6 +234,8 @@ class BFA:
             for f in done:
                 if on_flip:
                     on_flip(f, loss, acc)
+            if on_step:
+                on_step()
         return flips, acc, acc <= self.target_acc
 
 
