@@ -7,7 +7,8 @@ adds per-inference Gaussian noise here): :class:`nn.attacks.BFA` (``candidates``
 path) until the test accuracy on the first ``eval_images`` test images is at or below ``target_acc`` or
 ``max_flips`` bits are flipped. The baseline
 flips ``max_flips`` random stored bits one at a time with the accuracy after each. One executor task per run;
-each writes ``runs/run_<r>.json`` atomically, so a rerun skips finished runs whose settings match.
+each writes ``runs/run_<r>.json`` atomically, so a rerun skips finished runs whose settings match, and
+``runs/run_<r>.partial.json`` after every BFA step, so a rerun of a run cut short replays its flips and goes on.
 
 Outputs under ``RUN/bfa/<tag>/``: ``results.parquet`` (run, method = bfa | random, flips, acc_before,
 acc_after, reached), ``flips.parquet`` (every flip: run, method, flip, layer, weight_index, bit, polarity,
@@ -29,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from nn.attacks._base import AttackError
 from nn.attacks.bfa import BFA, StoredBits, random_flips
 from nn.convert import cim_layers, set_digital
 from nn.training import accuracy
@@ -139,12 +141,16 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
     partial = _run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.partial.json"
     recorded = _resumable_flips(partial, key)  # an interrupted run: its BFA flips so far, replayed
     if recorded:
-        stored = StoredBits(attacked)
-        for rec in recorded:
-            stored.replay(rec["layer"], rec["weight_index"], rec["bit"], rec["polarity"])
-        flips.extend(recorded)
-        counts["bfa"] = len(recorded)
-        logger.info("bfa %s run %d: resumed after %d BFA flips", cfg.tag, r, len(recorded))
+        try:
+            stored = StoredBits(attacked)
+            for rec in recorded:
+                stored.replay(rec["layer"], rec["weight_index"], rec["bit"], rec["polarity"])
+            flips.extend(recorded)
+            counts["bfa"] = len(recorded)
+            logger.info("bfa %s run %d: resumed after %d BFA flips", cfg.tag, r, len(recorded))
+        except (AttackError, KeyError, TypeError) as exc:
+            logger.warning("%s: recorded flips do not replay (%s); the run restarts from its first flip", partial, exc)
+            attacked = copy.deepcopy(model)
 
     def record(method: str) -> Any:
         def on_flip(f: Any, loss: float, acc: float) -> None:
