@@ -180,3 +180,23 @@ def test_interrupted_bfa_run_resumes_from_its_last_flip(trained_run, tmp_path, m
     pd.testing.assert_frame_equal(pd.read_parquet(runs["cut"] / "bfa/tiny/flips.parquet"),
                                   pd.read_parquet(runs["whole"] / "bfa/tiny/flips.parquet"))
     assert not partial.exists()
+
+
+def test_replay_flips_the_recorded_bit_and_rejects_what_does_not_fit(victim):
+    from nn.attacks import AttackError
+
+    model, _ = victim
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    bits_a, bits_b = StoredBits(a), StoredBits(b)
+    done = random_flips(a, 6, torch.Generator().manual_seed(3), bits_a)
+    for f in done:
+        again = bits_b.replay(f.layer, f.weight_index, f.bit, f.polarity)
+        assert (again.value_before, again.value_after) == (f.value_before, f.value_after)
+    assert all(torch.equal(p, q) for p, q in zip(bits_a.pos + bits_a.neg, bits_b.pos + bits_b.neg, strict=True))
+    f = done[0]
+    for bad in ((("nope",), {}), ((), {"bit": 99}), ((), {"polarity": "sign"}), ((), {"weight_index": -1})):
+        args = {"layer": f.layer, "weight_index": f.weight_index, "bit": f.bit, "polarity": f.polarity, **bad[1]}
+        if bad[0]:
+            args["layer"] = bad[0][0]
+        with pytest.raises(AttackError):
+            bits_b.replay(**args)
