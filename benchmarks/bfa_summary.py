@@ -54,14 +54,12 @@ def main() -> None:
         raise SystemExit(2)
     head = ["run/tag", "path", "noise (psum)", "candidates", "BFA flips per run", "acc. before",
             *(f"after {n}" for n in args.at), "BFA end", "random end"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for folder in folders:
-        try:
-            print(row(folder, args.at))
-        except ArtifactError as exc:
-            print(f"bfa_summary: {exc}", file=sys.stderr)
-            raise SystemExit(2) from exc
+    try:
+        rows = [row(folder, args.at) for folder in folders]  # all read before anything is printed
+    except ArtifactError as exc:
+        print(f"bfa_summary: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    print("\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]))
 
 
 if __name__ == "__main__":

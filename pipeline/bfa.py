@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from nn.attacks._base import AttackError
+from nn.attacks import AttackError
 from nn.attacks.bfa import BFA, StoredBits, random_flips
 from nn.convert import cim_layers, set_digital
 from nn.training import accuracy

@@ -62,6 +62,7 @@ class EOT(Attack):
         def mean_logits(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             return torch.stack([base_logits(d, x) for d in draws]).mean(0)
 
-        inner.input_grad = averaged  # type: ignore[method-assign,assignment]  # this copy only
-        inner.get_logits = mean_logits  # type: ignore[method-assign,assignment]  # success checks (PGD's restarts) see the mean
+        # this copy only; its own success checks (PGD judging restarts) see the mean logits too
+        inner.input_grad = averaged  # type: ignore[method-assign,assignment]
+        inner.get_logits = mean_logits  # type: ignore[method-assign,assignment]
         return inner.forward(model, images, labels)
