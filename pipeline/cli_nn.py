@@ -60,6 +60,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--adv-train", action="store_true", help="PGD adversarial training (eps 0.03, 2/255, 10 it.)")
     t.add_argument("--adv-eps", type=float, default=None)
     t.add_argument("--adv-steps", type=int_arg, default=None)
+    t.add_argument("--init-from", default=None, metavar="TAG",
+                   help="warm start from the finished model0 of another train tag (same model and data) "
+                        "instead of a fresh initialization, e.g. to train a PSQ or noisy model from a pretrained one")
     t.add_argument("--device", default="cpu", help="cpu | cuda")
     t.add_argument("--workers", type=int_arg, default=None, help="torch threads (default: all cores)")
 
@@ -73,7 +76,8 @@ def run_train(args: argparse.Namespace) -> None:
                        first_input_bits=args.first_input_bits, adc_bits=args.adc_bits,
                        psq=args.psq, rows=args.rows, act=args.act, noise_sigma_psum=args.noise_sigma,
                        noise_table=args.noise_table, adv_train=args.adv_train or None, adv_eps=args.adv_eps,
-                       adv_steps=args.adv_steps, chip_train=args.chip_train or None)
+                       adv_steps=args.adv_steps, chip_train=args.chip_train or None,
+                       init_from=args.init_from)
     _threads(args.workers)
     _check_device(args.device)
     with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=bars_off()) as bar:

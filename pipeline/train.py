@@ -34,6 +34,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.checkpoint import (
     ACTIVATIONS,
     build_model,
+    load_checkpoint,
     load_checkpoint_extra,
     load_model,
     model_header,
@@ -133,6 +134,10 @@ class TrainConfig:
     """PGD iterations of adversarial training."""
     calib_images: int = 256
     """Images of the activation-range calibration before the first step."""
+    init_from: str | None = None
+    """Warm start: the train tag (same run folder, same model) whose finished model0 starts this run -- every
+    weight, activation clip and BatchNorm statistic, not its chip offsets; no calibration. Its config hash is
+    hashed into this run's, so retraining the source retrains this one. None: a fresh initialization."""
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -166,6 +171,9 @@ class TrainConfig:
             raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
         if self.noise_sigma_psum > 0 and self.noise_table is not None:
             raise ConfigError("give a Gaussian noise sigma or a noise table, not both")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()
+                                           or "/" in self.init_from or self.init_from.startswith(".")):
+            raise ConfigError(f"init_from={self.init_from!r} must be a train tag of the same run folder")
         if not 0 < self.adv_eps <= 1 or not self.adv_alpha > 0:
             raise ConfigError(f"adv_eps={self.adv_eps} must be in (0, 1] and adv_alpha={self.adv_alpha} > 0")
         self.cim_config()  # validates the CIM side (bits, schemes, noise-table rows) up front
@@ -190,10 +198,12 @@ class TrainConfig:
             raise ConfigError(f"invalid CIM settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``first_input_bits`` only when set, so runs from before it existed keep their hash."""
+        """Every field; ``first_input_bits`` and ``init_from`` only when set, so runs from before they existed keep
+        their hash."""
         d = asdict(self)
-        if d["first_input_bits"] is None:
-            del d["first_input_bits"]
+        for name in ("first_input_bits", "init_from"):
+            if d[name] is None:
+                del d[name]
         if self.adv_train:  # 3: BatchNorm's running statistics follow the clean batches only (retrains)
             d["adv_train_version"] = ADV_TRAIN_VERSION
         return d
@@ -249,7 +259,8 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
     """Train (or resume, or skip if done) model0; returns the metrics document."""
     tag = tag or cfg.model
     out = RunPaths(Path(run_dir)).train_dir(tag)
-    chash = config_hash(cfg.to_dict())
+    warm = _warm_start(Path(run_dir), cfg, tag)
+    chash = config_hash({**cfg.to_dict(), "init_hash": warm[0]["config_hash"]} if warm else cfg.to_dict())
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
         try:
@@ -274,7 +285,9 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
     timer = Timer()
     rows: list[dict[str, Any]] = []
     start_epoch = _resume(out / "state.pt", chash, model, opt, rows)
-    if start_epoch == 0:
+    if start_epoch == 0 and warm:
+        _load_warm(model, warm[1], cfg.init_from or "")
+    elif start_epoch == 0:
         calibrate_act_ranges(model, data.x_train[:cfg.calib_images].to(device))
         rows = [{"epoch": 0, "step": 0, "loss": math.nan, "train_acc": math.nan,
                  "test_acc": _evaluate(model, cfg, data, 0, device), "lr": cfg.lr, "seconds": timer()}]
@@ -296,6 +309,39 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
         if progress:
             progress(epoch, cfg.epochs)
     return _finish(out, cfg, data, chash, model, rows, tag)
+
+
+def _warm_start(run_dir: Path, cfg: TrainConfig, tag: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(header, state) of the finished model0 a warm start begins from; None without ``init_from``."""
+    if cfg.init_from is None:
+        return None
+    if cfg.init_from == tag:
+        raise ConfigError(f"train {tag}: --init-from names the run itself; give another train tag")
+    fix = f"train it first (cimcosim train --tag {cfg.init_from} ...) or drop --init-from"
+    try:
+        header, state = load_checkpoint(RunPaths(run_dir).model0(cfg.init_from), fix=fix, kind="model0")
+    except ArtifactError as exc:
+        raise ConfigError(f"train {tag}: --init-from {cfg.init_from}: {exc}") from exc
+    if header.get("model") != cfg.model or header.get("data") != cfg.data:
+        raise ConfigError(f"train {tag}: --init-from {cfg.init_from} is a {header.get('model')} on "
+                          f"{header.get('data')}, this run a {cfg.model} on {cfg.data}; warm-start from the same "
+                          "model and data")
+    return header, state
+
+
+def _load_warm(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy a finished model0 into ``model``: every tensor but the chip offsets (``adc_shift``, whose shape is
+    the source's chip); a tensor missing or of another shape is refused by name."""
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if not k.endswith("adc_shift")}
+    missing = sorted(k for k in own if k not in keep and not k.endswith("adc_shift"))
+    bad = sorted(k for k, v in keep.items() if k not in own or own[k].shape != v.shape)
+    if missing or bad:
+        raise ConfigError(f"--init-from {source}: its model0 does not fit this model "
+                          f"({'missing ' + missing[0] if missing else 'mismatched ' + bad[0]}); "
+                          "warm-start from a model of the same architecture")
+    model.load_state_dict(keep, strict=False)
+    logger.info("train: warm start from %s's model0 (%d tensors; no calibration)", source, len(keep))
 
 
 def _check_shapes(model: torch.nn.Module, data: Data, name: str, device: str) -> None:

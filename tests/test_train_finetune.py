@@ -12,6 +12,7 @@ from nn.convert import set_digital
 from nn.training import predict
 from pipeline.artifacts import read_json, read_table
 from pipeline.checkpoint import load_checkpoint, load_model
+from pipeline.config import ConfigError
 from pipeline.executor import make_executor
 from pipeline.finetune import CROSS, RESULTS, FinetuneConfig, design_cim, finetune
 from pipeline.offset_table import OffsetTable
@@ -107,3 +108,38 @@ def test_finetune_resume_redoes_nothing_finished_and_is_deterministic(finetuned,
     assert set(cross.weights_chip) == {0, 1} and len(cross) == 4
     saved, _ = read_table(design / "results.parquet", RESULTS, fix="")
     assert list(saved.chip_id) == [0, 1]
+
+
+def test_warm_start_begins_from_the_source_and_follows_its_changes(trained_run, tiny_train, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    kw = {**tiny_train, "subset": 200, "epochs": 1, "chip_train": True}
+    warm = train(run, train_config(**kw, init_from="tiny"), tag="warm")
+    fresh = train(run, train_config(**kw), tag="fresh")
+    h_warm, _ = read_table(run / "train/warm/history.parquet", HISTORY, fix="")
+    h_fresh, _ = read_table(run / "train/fresh/history.parquet", HISTORY, fix="")
+    source = read_json(run / "train/tiny/metrics.json", fix="")
+    # before any step the warm model is the source's model0 (read here through the ADC), the fresh one is not
+    assert h_warm.test_acc.iloc[0] > h_fresh.test_acc.iloc[0] + 0.15
+    assert h_warm.test_acc.iloc[0] > source["test_acc"] - 0.15
+    assert warm["config"]["init_from"] == "tiny" and "init_from" not in fresh["config"]
+    # the source's hash is part of the run's: a retrained source retrains the warm run
+    assert train(run, train_config(**kw, init_from="tiny"), tag="warm")["seconds"] == warm["seconds"]
+    train(run, train_config(**{**tiny_train, "epochs": 1}), tag="tiny")
+    again = train(run, train_config(**kw, init_from="tiny"), tag="warm")
+    assert again["config_hash"] != warm["config_hash"]
+
+
+@pytest.mark.parametrize("init_from, tag, words", [("nothing", "warm", "train it first"),
+                                                   ("tiny", "tiny", "names the run itself"),
+                                                   ("../tiny", "warm", "train tag of the same run folder")])
+def test_warm_start_refuses_a_missing_or_wrong_source(trained_run, tiny_train, init_from, tag, words):
+    with pytest.raises(ConfigError, match=words):
+        train(trained_run, train_config(**{**tiny_train, "epochs": 1}, init_from=init_from), tag=tag)
+
+
+def test_warm_start_refuses_another_model(trained_run, tiny_train, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(ConfigError, match="same model"):
+        train(run, train_config(**{**tiny_train, "model": "test_resnet", "epochs": 1}, init_from="tiny"), tag="other")
