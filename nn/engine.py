@@ -45,8 +45,14 @@ def weight_slices(weight_bits: int, cell_bits: int) -> int:
 
 def weight_cells(w_int: torch.Tensor, weight_bits: int, cell_bits: int) -> torch.Tensor:
     """Cells [S, 2, K, N] (slice, polarity +/-) of integer weights ``w_int`` [N, K]; values 0..2^cell_bits-1."""
+    return magnitude_cells(torch.stack([torch.relu(w_int), torch.relu(-w_int)]), weight_bits, cell_bits)
+
+
+def magnitude_cells(mags: torch.Tensor, weight_bits: int, cell_bits: int) -> torch.Tensor:
+    """Cells [S, 2, K, N] of the differential magnitudes ``mags`` [2, N, K] (w+ and w-, each >= 0). Canonical
+    weights have one of the two zero; after bit flips both may hold bits (w = w+ - w-), and the columns read
+    what they hold."""
     n_slices = weight_slices(weight_bits, cell_bits)
-    mags = torch.stack([torch.relu(w_int), torch.relu(-w_int)])  # [2, N, K]
     base = 2**cell_bits
     cells = [torch.remainder(torch.div(mags, base**s, rounding_mode="floor"), base) for s in range(n_slices)]
     return torch.stack(cells).transpose(-1, -2).contiguous()  # [S, 2, K, N]

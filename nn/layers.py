@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from nn import fused
 from nn.adc import adc_tables
 from nn.config import CIMConfig, CIMConfigError
-from nn.engine import cim_matmul, weight_cells, weight_slices
+from nn.engine import cim_matmul, magnitude_cells, weight_cells, weight_slices
 from nn.quant import quantize_input, quantize_weight, weight_scale
 
 _CIM_STATE = ("adc_shift", "act_max")  # state a CIM layer adds to its torch twin
@@ -59,7 +59,12 @@ class _CIMMixin:
         # programmed with, fixed (weight attacks flip stored bits without rescaling the layer)
         self.frozen_weight_scale: torch.Tensor | None = None
         self._scale_cache: tuple[Any, torch.Tensor | None] = (None, None)
-        self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+        self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        self.stored_magnitudes: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(w+, w-) the cells of a programmed chip hold, integers shaped like the weight, when they are not the
+        canonical split of the weights (bit flips: :class:`nn.attacks.StoredBits` sets them). The chip forward
+        reads them while w+ - w- equals the quantized weights; any other change of the weights leaves them
+        stale, and they are ignored."""
 
     @property
     def has_offsets(self) -> bool:
@@ -147,15 +152,25 @@ class _CIMMixin:
         accelerator the compare would cost a host sync per layer, and only the CPU engine keeps a packed copy."""
         w = w_int.detach()
         bits = (self.cim_config.quant.weight_bits, self.cim_config.array.cell_bits)
+        mags = self._magnitudes(w)
         if w.device.type != "cpu":
-            return weight_cells(w, *bits)
+            return weight_cells(w, *bits) if mags is None else magnitude_cells(mags, *bits)
         hit = self._cells_cache
         if (hit is not None and hit[0] == bits and hit[1].shape == w.shape and hit[1].dtype == w.dtype
-                and hit[1].device == w.device and torch.equal(hit[1], w)):
-            return hit[2]
-        cells = weight_cells(w, *bits)
-        self._cells_cache = (bits, w.clone(), cells)
+                and hit[1].device == w.device and torch.equal(hit[1], w)
+                and (hit[2] is None if mags is None else hit[2] is not None and torch.equal(hit[2], mags))):
+            return hit[3]
+        cells = weight_cells(w, *bits) if mags is None else magnitude_cells(mags, *bits)
+        self._cells_cache = (bits, w.clone(), None if mags is None else mags.clone(), cells)
         return cells
+
+    def _magnitudes(self, w: torch.Tensor) -> torch.Tensor | None:
+        """[2, N, K] the stored (w+, w-) of the integer weights ``w`` [N, K], or None: canonical cells (none
+        stored, or stale: they no longer add up to the weights)."""
+        if self.stored_magnitudes is None:
+            return None
+        pos, neg = (t.reshape(self._n, self._k).to(device=w.device, dtype=w.dtype) for t in self.stored_magnitudes)
+        return torch.stack([pos, neg]) if torch.equal(pos - neg, w) else None
 
     def chip_matmul(self, x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
         """Integer outputs [B, N] of the simulated crossbars for integer inputs [B, K] (no gradient)."""

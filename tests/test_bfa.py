@@ -200,3 +200,32 @@ def test_replay_flips_the_recorded_bit_and_rejects_what_does_not_fit(victim):
             args["layer"] = bad[0][0]
         with pytest.raises(AttackError):
             bits_b.replay(**args)
+
+
+def test_the_chip_reads_the_cells_a_flip_left_and_a_later_attack_starts_from_them():
+    from nn import ADCConfig, ArrayConfig, CIMConfig, CIMLinear, QuantConfig
+    from nn.engine import cim_matmul, magnitude_cells
+
+    torch.manual_seed(0)
+    cfg = CIMConfig(adc=ADCConfig(bits=2), array=ArrayConfig(rows=32), quant=QuantConfig(weight_bits=4, input_bits=4))
+    layer = CIMLinear(64, 8, cim_config=cfg).double()
+    model = torch.nn.Sequential(layer)
+    bits = StoredBits(model)
+    positive = (bits.values(0).reshape(-1) > 0).nonzero().reshape(-1)[:40]
+    for idx in positive.tolist():  # set bit 0 of the w- column of positive weights: both columns hold bits
+        bits.replay(bits.names[0], idx, 0, "neg")
+    assert bool(((bits.pos[0] > 0) & (bits.neg[0] > 0)).any())
+    x = torch.rand(32, 64, dtype=torch.float64)
+    y_cells, y_ideal, _ = layer.integer_forward(x)
+    canonical = copy.deepcopy(layer)
+    canonical.stored_magnitudes = None  # the same integer weights, split canonically (one column zero)
+    y_canon, y_ideal_canon, _ = canonical.integer_forward(x)
+    assert torch.equal(y_ideal, y_ideal_canon) and not torch.equal(y_cells, y_canon)
+    x_int, _, w_int, _ = layer.quantize(x)
+    mags = torch.stack([bits.pos[0], bits.neg[0]]).reshape(2, 8, 64).double()
+    assert torch.equal(y_cells, cim_matmul(x_int, magnitude_cells(mags, 4, 1), cfg, None, None, None))
+    again = StoredBits(model)  # a resumed or second attack of the same model keeps the cells
+    assert torch.equal(again.pos[0], bits.pos[0]) and torch.equal(again.neg[0], bits.neg[0])
+    with torch.no_grad():  # weights changed any other way: the stored cells are stale and ignored
+        layer.weight.mul_(-1)
+    assert layer._magnitudes(layer.quantize(x)[2]) is None

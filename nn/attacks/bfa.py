@@ -25,7 +25,10 @@ array has no sign bit, so its flips are the magnitude bits of either column.) Th
 frozen at the start (``frozen_weight_scale``): the chip is programmed, and flipped cells are read as they are.
 
 A weight attack changes the model: :class:`StoredBits` writes the flipped integers back into the layers'
-weights in place. Attack a copy if the original is still needed.
+weights in place, and the cells themselves into ``stored_magnitudes``: a flip can leave both columns of a pair
+holding bits (w+ = 3, w- = 4 stores -1), and the chip forward reads those columns, not the canonical split of
+-1 (0, 1), which an ADC reads differently. A later ``StoredBits`` of the same model (a resumed or second attack)
+starts from those cells. Attack a copy if the original is still needed.
 """
 
 from __future__ import annotations
@@ -75,8 +78,13 @@ class StoredBits:
                 w_int, _ = quantize_weight(w, b, scale)
                 m.frozen_weight_scale = scale
                 w_int = w_int.round().to(torch.int64).reshape(m.weight.shape)
-                self.pos.append(w_int.clamp_min(0))
-                self.neg.append((-w_int).clamp_min(0))
+                held = m.stored_magnitudes  # the cells an earlier attack left (w+ and w- may both hold bits)
+                if held is not None and held[0].shape == w_int.shape and torch.equal(held[0] - held[1], w_int):
+                    self.pos.append(held[0].to(torch.int64).clone())
+                    self.neg.append(held[1].to(torch.int64).clone())
+                else:
+                    self.pos.append(w_int.clamp_min(0))
+                    self.neg.append((-w_int).clamp_min(0))
                 self._write(len(self.pos) - 1)
 
     def values(self, i: int) -> torch.Tensor:
@@ -92,6 +100,7 @@ class StoredBits:
         m = self.layers[i]
         with torch.no_grad():
             m.weight.copy_((self.values(i).to(m.weight.dtype) * m.frozen_weight_scale).reshape(m.weight.shape))
+        m.stored_magnitudes = (self.pos[i], self.neg[i])  # the chip reads the cells, not a re-split of w
 
     def deltas(self, i: int) -> torch.Tensor:
         """[bits per weight, numel] the change of each weight's integer if that stored bit flipped."""
