@@ -205,15 +205,22 @@ def _resumable_flips(path: Path, key: str) -> list[dict[str, Any]]:
     return list(doc.get("flips", [])) if doc.get("key") == key else []
 
 
+CELLS_VERSION = 2
+"""How a chip-path attack's flipped cells are read, hashed into chip-path runs only: 1 read the canonical split
+of each flipped integer (before 2026-12-03), 2 the cells as the flips left them. Digital runs do not depend on it."""
+
+
 def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> pd.DataFrame:
     """Run (or reuse) every run, write the tables and the plot; returns the results table."""
     paths = RunPaths(Path(run_dir))
     if not paths.model0(cfg.tag).is_file():
         raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
-    _, header, _ = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
+    _, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
     settings = asdict(cfg)
     if cfg.candidates == 1:  # the reference attack keeps the key it had before the option existed
         del settings["candidates"]
+    if chip:  # the chip reads flipped cells as stored (see nn.attacks.bfa): earlier chip-path runs are redone
+        settings["cells"] = CELLS_VERSION
     key = config_hash({"bfa": settings, "model0": header["sha256"]})
     out_dir = _run_dir(Path(run_dir), cfg.tag)
     threads = threads_per_worker(workers)
