@@ -274,6 +274,9 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--eps", type=float, default=d.eps,
                    help=f"L-inf budget of every PGD, attacks and adversarial training ({d.eps}; step 2/255 x eps/0.03)")
     s.add_argument("--seed", type=int_arg, default=d.seed)
+    s.add_argument("--warm-start", action="store_true",
+                   help="every cell starts from its precision's noise-free clean cell (trained first), "
+                        "not from scratch")
     add_exec_args(s)
 
 
@@ -289,7 +292,8 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            adv_steps=args.adv_steps, attack_images=args.attack_images,
                            attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
                            bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
-                           substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed)
+                           substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed,
+                           warm_start=args.warm_start)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \

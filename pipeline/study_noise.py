@@ -16,6 +16,9 @@ full-precision substitute (seed 000 Sec. III.D; ``runs`` PGD runs on one substit
 EOT over the noise (straight-through gradients through the ADC, so obfuscated gradients are not mistaken
 for robustness), and for Fig. 6's cells the bit-flip attack (``runs`` runs, through the bfa stage).
 Noise levels are Gaussian sigmas in partial-sum units (one on-cell = 1), the unit the CIM layers use.
+With ``warm_start`` each precision's noise-free clean cell is trained first and every other cell of that
+precision starts from its model0 (``train --init-from``): noise-aware and PSQ training as a finetune of a
+pretrained network, for budgets too short to train them from scratch.
 
 Adversarial accuracy counts an image only if the model classifies it correctly both clean and attacked: the
 attacker can always submit the unperturbed image (a zero perturbation is inside the ball), so no attack can
@@ -32,7 +35,7 @@ import hashlib
 import logging
 import math
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,10 @@ class StudyNoiseConfig:
     bfa_attack_batch: int = 128
     bfa_eval_images: int = 1000
     seed: int = 1
+    warm_start: bool = False
+    """Every cell but its precision's base (noise-free, uniform ADC, clean training: Fig. 6's baseline) starts
+    from that base's trained model0 (``train --init-from``) instead of a fresh initialization; the base is
+    trained first. A budget measure: at a few epochs the PSQ and noisy cells do not leave chance from scratch."""
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
@@ -195,8 +202,16 @@ def cells(cfg: StudyNoiseConfig) -> list[Cell]:
     return [Cell(b, n, p, a, bfa) for (b, n, p, a), bfa in want.items()]
 
 
+def base_cell(cell: Cell) -> Cell:
+    """The cell a warm start begins from: same precision, noise-free, uniform ADC, clean training."""
+    return Cell(cell.bits, f"{0.0:g}", "none", False)
+
+
 def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
     from pipeline.train import train_config
+
+    base = base_cell(cell)
+    init = {"init_from": base.tag} if cfg.warm_start and replace(cell, bfa=False) != base else {}
 
     noise: dict[str, Any] = {}
     if cell.noise == "table":
@@ -212,7 +227,7 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
                         first_input_bits=cfg.first_input_bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
-                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path)
+                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path, **init)
 
 
 ATTACK_FIELDS = ("model", "data", "runs", "batch", "attack_images", "attacker_images", "substitute_epochs", "eot",
@@ -230,13 +245,23 @@ def cell_key(cfg: StudyNoiseConfig, cell: Cell) -> str:
     the new cells are trained and attacked.
     """
     table = hashlib.sha256(Path(cfg.noise_table).read_bytes()).hexdigest() if cell.noise == "table" else ""
-    return config_hash({"cell": asdict(cell), "train": train_cfg(cfg, cell).to_dict(), "noise_table": table,
-                        "attack": {k: getattr(cfg, k) for k in ATTACK_FIELDS}, "scoring": SCORING})
+    t = train_cfg(cfg, cell)
+    init = {"init": train_cfg(cfg, base_cell(cell)).to_dict()} if t.init_from else {}  # the source's training too
+    return config_hash({"cell": asdict(cell), "train": t.to_dict(), "noise_table": table,
+                        "attack": {k: getattr(cfg, k) for k in ATTACK_FIELDS}, "scoring": SCORING, **init})
 
 
 def _seeds(cfg: StudyNoiseConfig, cell: Cell, n: int) -> list[int]:
     ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_NOISE, int(config_hash(cell.tag)[:8], 16)))
     return [int(v >> 1) for v in ss.generate_state(n, np.uint64)]
+
+
+def train_base(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, threads: int) -> None:
+    """Train (or skip, if finished) the base cell warm starts begin from (executor task)."""
+    from pipeline.train import train
+
+    torch.set_num_threads(threads)
+    train(Path(run_dir), train_cfg(cfg, cell), tag=cell.tag)
 
 
 def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads: int) -> list[dict[str, Any]]:
@@ -334,6 +359,10 @@ def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, worker
             raise ConfigError(f"study-noise cell {cell.tag}: {exc}") from exc
     key = config_hash({"study_noise": asdict(cfg)})
     threads = threads_per_worker(workers)
+    if cfg.warm_start:  # the bases first: every other cell of their precision starts from one
+        bases = sorted({base_cell(c) for c in grid}, key=lambda c: c.bits)
+        for future in as_completed([executor.submit(train_base, str(run_dir), cfg, b, threads) for b in bases]):
+            future.result()
     done: dict[Cell, list[dict[str, Any]]] = {}
     pending = {}
     for cell in grid:

@@ -191,3 +191,32 @@ def test_noise_free_control_reads_the_same_adc(tmp_path):
     assert doc["path"] == "chip"
     model, _, chip = model0_on_its_path(tmp_path / "train" / ctrl.tag / "model0.pt")
     assert chip and all(not layer.digital for layer in cim_layers(model))
+
+
+def test_warm_start_trains_the_base_first_and_starts_every_other_cell_from_it(tmp_path, monkeypatch):
+    import pipeline.plots_noise as plots_noise
+    import pipeline.study_noise as sn
+    from pipeline.executor import InlineExecutor
+
+    cold = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 2.0), psq=("none", "1bit"),
+                            adv_train=(False,), subset=100, test_subset=100, epochs=1, batch=50)
+    warm = replace(cold, warm_start=True)
+    base = sn.base_cell(Cell(4, "2", "1bit", False))
+    assert base == Cell(4, "0", "none", False)
+    for c in cells(warm):
+        if replace(c, bfa=False) == base:
+            assert train_cfg(warm, c).init_from is None and cell_key(warm, c) == cell_key(cold, c)
+        else:
+            assert train_cfg(warm, c).init_from == base.tag and cell_key(warm, c) != cell_key(cold, c)
+    seen: list[bool] = []
+
+    def fake_cell(run_dir, cfg, cell, key, threads):  # the base's model0 must exist before any cell runs
+        seen.append((Path(run_dir) / "train" / base.tag / "model0.pt").is_file())
+        return [{"model": cfg.model, "bits": cell.bits, "noise": cell.noise, "psq": cell.psq, "adv_train": cell.adv,
+                 "run": 0, "clean_acc": 0.9, "bb_pgd_acc": 0.5, "wb_pgd_acc": 0.4, "worst_acc": 0.3,
+                 "bfa_flips": float("nan"), "substitute_agreement": 0.8, "tag": cell.tag}]
+
+    monkeypatch.setattr(sn, "run_cell", fake_cell)
+    monkeypatch.setattr(plots_noise, "write_figures", lambda *a, **k: None)
+    sn.study_noise(tmp_path, warm, InlineExecutor())
+    assert seen and all(seen) and len(seen) == len(cells(warm))
