@@ -219,6 +219,7 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     settings = asdict(cfg)
     if cfg.candidates == 1:  # the reference attack keeps the key it had before the option existed
         del settings["candidates"]
+    del settings["runs"]  # run r does not depend on how many runs there are: --runs 5 after --runs 2 reuses 0-1
     if chip:  # the chip reads flipped cells as stored (see nn.attacks.bfa): earlier chip-path runs are redone
         settings["cells"] = CELLS_VERSION
     key = config_hash({"bfa": settings, "model0": header["sha256"]})

@@ -131,6 +131,12 @@ def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys)
     assert main(args) == 0  # finished runs are reused
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == mtimes
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), res)
+    grown = [a if a != "2" else "3" for a in args]  # more runs: runs 0-1 are reused, only run 2 is made
+    assert main(grown) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir() if p.name != "run_2.json"} == mtimes
+    more = pd.read_parquet(out / "results.parquet")
+    assert sorted(more.run.unique()) == [0, 1, 2]
+    pd.testing.assert_frame_equal(more[more.run < 2].reset_index(drop=True), res.reset_index(drop=True))
     capsys.readouterr()
     for bad, needle in ((["--runs", "0"], "runs=0 must be a positive integer"),
                         (["--target-acc", "2"], "target_acc=2.0 must be in [0, 1]"),
