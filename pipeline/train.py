@@ -285,10 +285,11 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
     timer = Timer()
     rows: list[dict[str, Any]] = []
     start_epoch = _resume(out / "state.pt", chash, model, opt, rows)
-    if start_epoch == 0 and warm:
-        _load_warm(model, warm[1], cfg.init_from or "")
-    elif start_epoch == 0:
-        calibrate_act_ranges(model, data.x_train[:cfg.calib_images].to(device))
+    if start_epoch == 0:  # epoch 0: the calibrated fresh model, or the warm start's source read on this path
+        if warm:
+            _load_warm(model, warm[1], cfg.init_from or "")
+        else:
+            calibrate_act_ranges(model, data.x_train[:cfg.calib_images].to(device))
         rows = [{"epoch": 0, "step": 0, "loss": math.nan, "train_acc": math.nan,
                  "test_acc": _evaluate(model, cfg, data, 0, device), "lr": cfg.lr, "seconds": timer()}]
     for epoch in range(start_epoch + 1, cfg.epochs + 1):

@@ -120,6 +120,7 @@ def test_warm_start_begins_from_the_source_and_follows_its_changes(trained_run, 
     h_fresh, _ = read_table(run / "train/fresh/history.parquet", HISTORY, fix="")
     source = read_json(run / "train/tiny/metrics.json", fix="")
     # before any step the warm model is the source's model0 (read here through the ADC), the fresh one is not
+    assert list(h_warm.epoch) == list(h_fresh.epoch) == [0, 1]
     assert h_warm.test_acc.iloc[0] > h_fresh.test_acc.iloc[0] + 0.15
     assert h_warm.test_acc.iloc[0] > source["test_acc"] - 0.15
     assert warm["config"]["init_from"] == "tiny" and "init_from" not in fresh["config"]
