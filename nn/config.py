@@ -110,6 +110,11 @@ class ArrayConfig:
     (non-negative partial sums, a current-sensing ADC) and subtracted digitally. True: the ADC reads
     the signed difference of the pair (XNOR-SRAM style signed column, one ADC per pair; partial sums in
     [-psum_max, psum_max]); needed for seed 000's Table I schemes, whose thresholds straddle 0."""
+    first_layer_digital: bool = False
+    """The network's first CIM layer (the one reading the image) computes exactly, as the integer digital layer
+    (no ADC, no noise), whatever the rest of the chip does: binary and low-precision networks keep that layer
+    off the low-precision datapath (XNOR-Net; Hubara et al.), and its few rows (9 for a 3x3 kernel on one
+    channel) give partial sums inside the zero band of seed 000's Table I schemes (``benchmarks/psum_stats.py``)."""
 
     def __post_init__(self) -> None:
         for name in ("rows", "cell_bits", "columns_per_adc", "n_macros", "adcs_per_macro"):

@@ -16,7 +16,8 @@ def convert(model: torch.nn.Module, cim_config: CIMConfig | None = None) -> torc
 
     Layers are numbered in ``model.modules()`` order and take consecutive logical ADCs, so the mapping
     onto the die's physical ADCs is the same every time for the same model. The first of them reads the
-    image: with ``quant.first_input_bits`` set it gets that many input bits (its config says so).
+    image: with ``quant.first_input_bits`` set it gets that many input bits (its config says so), and with
+    ``array.first_layer_digital`` it computes digitally for good (:func:`set_digital` leaves it so).
     """
     _swap_layers(model, cim_config)
     layers = cim_layers(model)
@@ -29,6 +30,8 @@ def convert(model: torch.nn.Module, cim_config: CIMConfig | None = None) -> torc
         first = layers[0]
         first.cim_config = replace(first.cim_config, quant=replace(first.cim_config.quant,
                                                                    input_bits=q.first_input_bits))
+    if layers and cim_config is not None and cim_config.array.first_layer_digital:
+        layers[0].always_digital = layers[0].digital = True
     return model
 
 
@@ -66,13 +69,14 @@ def load_chip(model: torch.nn.Module, table: Any, adc: str, wl_ratio: float, chi
 
 
 def set_digital(model: torch.nn.Module, digital: bool = True) -> None:
-    """Run every CIM layer as the integer digital layer (ideal, lossless ADC; no engine call) or on the chip.
+    """Run every CIM layer as the integer digital layer (ideal, lossless ADC; no engine call) or on the chip
+    (a layer marked ``always_digital`` stays digital).
 
     The digital path equals the CIM path with a lossless ADC bit for bit (tests), at float speed: model0 is
     trained on it, and "model1" (a chip's weights read out into a pure digital model) is evaluated on it.
     """
     for layer in cim_layers(model):
-        layer.digital = digital
+        layer.digital = digital or layer.always_digital
 
 
 #: At this many input bits or fewer the clip is the quantization-MSE optimal one, not the quantile.

@@ -55,6 +55,7 @@ class _CIMMixin:
         # The layer's activation clip value (PACT): learned with the weights, starts at quant.input_max.
         self.act_max = torch.nn.Parameter(torch.tensor(float(cfg.quant.input_max)))
         self.digital = False  # True: the integer digital layer (ideal, lossless ADC), no engine call
+        self.always_digital = False  # True: digital whatever set_digital says (ArrayConfig.first_layer_digital)
         # None: the weight scale follows the weights (training); a tensor: the scale the cells were
         # programmed with, fixed (weight attacks flip stored bits without rescaling the layer)
         self.frozen_weight_scale: torch.Tensor | None = None

@@ -60,6 +60,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--adv-train", action="store_true", help="PGD adversarial training (eps 0.03, 2/255, 10 it.)")
     t.add_argument("--adv-eps", type=float, default=None)
     t.add_argument("--adv-steps", type=int_arg, default=None)
+    t.add_argument("--first-layer-digital", action="store_true",
+                   help="the image-reading first layer computes digitally (no ADC, no noise); the rest on the chip")
     t.add_argument("--init-from", default=None, metavar="TAG",
                    help="warm start from the finished model0 of another train tag (same model and data) "
                         "instead of a fresh initialization, e.g. to train a PSQ or noisy model from a pretrained one")
@@ -77,7 +79,7 @@ def run_train(args: argparse.Namespace) -> None:
                        psq=args.psq, rows=args.rows, act=args.act, noise_sigma_psum=args.noise_sigma,
                        noise_table=args.noise_table, adv_train=args.adv_train or None, adv_eps=args.adv_eps,
                        adv_steps=args.adv_steps, chip_train=args.chip_train or None,
-                       init_from=args.init_from)
+                       init_from=args.init_from, first_layer_digital=args.first_layer_digital or None)
     _threads(args.workers)
     _check_device(args.device)
     with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=bars_off()) as bar:
@@ -274,6 +276,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--eps", type=float, default=d.eps,
                    help=f"L-inf budget of every PGD, attacks and adversarial training ({d.eps}; step 2/255 x eps/0.03)")
     s.add_argument("--seed", type=int_arg, default=d.seed)
+    s.add_argument("--first-layer-digital", action="store_true",
+                   help="every cell's image-reading first layer computes digitally (no ADC, no noise)")
     s.add_argument("--warm-start", action="store_true",
                    help="every cell starts from its precision's noise-free clean cell (trained first), "
                         "not from scratch")
@@ -293,7 +297,7 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
                            bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
                            substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed,
-                           warm_start=args.warm_start)
+                           warm_start=args.warm_start, first_layer_digital=args.first_layer_digital)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \

@@ -114,6 +114,8 @@ class StudyNoiseConfig:
     bfa_attack_batch: int = 128
     bfa_eval_images: int = 1000
     seed: int = 1
+    first_layer_digital: bool = False
+    """Every cell's image-reading first layer computes digitally (``ArrayConfig.first_layer_digital``)."""
     warm_start: bool = False
     """Every cell but its precision's base (noise-free, uniform ADC, clean training: Fig. 6's baseline) starts
     from that base's trained model0 (``train --init-from``) instead of a fresh initialization; the base is
@@ -227,7 +229,8 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
                         first_input_bits=cfg.first_input_bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
-                        lr=cfg.lr, seed=cfg.seed, **act, **noise, **adv, **path, **init)
+                        lr=cfg.lr, seed=cfg.seed, first_layer_digital=cfg.first_layer_digital or None, **act, **noise,
+                        **adv, **path, **init)
 
 
 ATTACK_FIELDS = ("model", "data", "runs", "batch", "attack_images", "attacker_images", "substitute_epochs", "eot",

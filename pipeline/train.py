@@ -134,6 +134,8 @@ class TrainConfig:
     """PGD iterations of adversarial training."""
     calib_images: int = 256
     """Images of the activation-range calibration before the first step."""
+    first_layer_digital: bool = False
+    """The image-reading first layer computes digitally (``ArrayConfig.first_layer_digital``), the rest on the chip."""
     init_from: str | None = None
     """Warm start: the train tag (same run folder, same model) whose finished model0 starts this run -- every
     weight, activation clip and BatchNorm statistic, not its chip offsets; no calibration. Its config hash is
@@ -193,16 +195,18 @@ class TrainConfig:
             adc = replace(adc, kind=self.adc_kind, noise_sigma=self.noise_sigma_psum, noise_table=table)
             quant = QuantConfig(weight_bits=self.weight_bits, input_bits=self.input_bits,
                                 input_signed=self.act == "celu", first_input_bits=self.first_input_bits)
-            return CIMConfig(adc=adc, array=ArrayConfig(rows=self.rows, signed_psum=self.psq is not None), quant=quant)
+            array = ArrayConfig(rows=self.rows, signed_psum=self.psq is not None,
+                                first_layer_digital=self.first_layer_digital)
+            return CIMConfig(adc=adc, array=array, quant=quant)
         except CIMConfigError as exc:
             raise ConfigError(f"invalid CIM settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``first_input_bits`` and ``init_from`` only when set, so runs from before they existed keep
-        their hash."""
+        """Every field; ``first_input_bits``, ``init_from`` and ``first_layer_digital`` only when set, so runs from
+        before they existed keep their hash."""
         d = asdict(self)
-        for name in ("first_input_bits", "init_from"):
-            if d[name] is None:
+        for name in ("first_input_bits", "init_from", "first_layer_digital"):
+            if d[name] is None or d[name] is False:
                 del d[name]
         if self.adv_train:  # 3: BatchNorm's running statistics follow the clean batches only (retrains)
             d["adv_train_version"] = ADV_TRAIN_VERSION

@@ -51,3 +51,33 @@ def test_declared_stages_chain_to_the_forward(name):
     for stage in model.stages():
         h = stage(h)
     assert torch.equal(h, model(x))
+
+
+def test_first_layer_digital_keeps_the_image_layer_exact_through_set_digital_and_a_header():
+    from dataclasses import replace
+
+    from nn.convert import set_digital
+    from pipeline.checkpoint import build_model, model_header
+
+    torch.manual_seed(0)
+    psq = CIMConfig(adc=ADCConfig.scheme("1bit"), array=ArrayConfig(rows=256, signed_psum=True),
+                    quant=QuantConfig(weight_bits=4, input_bits=4))
+    pinned = replace(psq, array=replace(psq.array, first_layer_digital=True))
+    plain, kept = create_model("test_resnet", cim_config=psq), create_model("test_resnet", cim_config=pinned)
+    kept.load_state_dict(plain.state_dict())
+    for m in (plain, kept):
+        set_digital(m, False)
+    first, first_plain = cim_layers(kept)[0], cim_layers(plain)[0]
+    assert first.digital and not any(layer.digital for layer in cim_layers(kept)[1:])
+    assert not first_plain.digital
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        exact = first(x)
+        set_digital(plain, True)
+        ideal = first_plain(x)
+        set_digital(plain, False)
+        lossy = first_plain(x)
+    assert torch.equal(exact, ideal) and not torch.equal(exact, lossy)  # 1-bit PSQ would binarize it
+    rebuilt = build_model(model_header("test_resnet", 10, 1, "relu", pinned))
+    set_digital(rebuilt, False)
+    assert cim_layers(rebuilt)[0].digital and not cim_layers(rebuilt)[1].digital

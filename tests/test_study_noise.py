@@ -220,3 +220,12 @@ def test_warm_start_trains_the_base_first_and_starts_every_other_cell_from_it(tm
     monkeypatch.setattr(plots_noise, "write_figures", lambda *a, **k: None)
     sn.study_noise(tmp_path, warm, InlineExecutor())
     assert seen and all(seen) and len(seen) == len(cells(warm))
+
+
+def test_first_layer_digital_reaches_every_cell_and_leaves_old_keys_alone():
+    base = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 1.0), psq=("none", "1bit"))
+    pinned = replace(base, first_layer_digital=True)
+    for c in cells(base):
+        assert "first_layer_digital" not in train_cfg(base, c).to_dict()
+        assert train_cfg(pinned, c).cim_config().array.first_layer_digital
+        assert cell_key(pinned, c) != cell_key(base, c)
