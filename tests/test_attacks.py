@@ -193,3 +193,16 @@ def test_margin_loss_is_positive_exactly_when_the_label_lost(float_model):
     fooled = logits.argmax(1) != y
     assert fooled.any() and (~fooled).any()
     assert torch.equal(margin_loss(logits, y) > 0, fooled)
+
+
+def test_cw_l0_batched_equals_one_image_at_a_time(float_model):
+    """Each image runs its rounds on its own clock: the batch gives every image what it gets alone."""
+    import copy
+
+    model, x, y = float_model
+    model64, x, y = copy.deepcopy(model).double(), x[:4].double(), y[:4]
+    attack = CWL0(max_iterations=30, initial_const=1e-1, largest_const=1e2)
+    batched = attack(model64, x, y)
+    alone = torch.cat([attack(model64, x[i:i + 1], y[i:i + 1]) for i in range(len(x))])
+    assert torch.allclose(batched, alone, atol=1e-9)
+    assert (norms(batched, x)["l0"] > 0).any()

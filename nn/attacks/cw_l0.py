@@ -11,8 +11,11 @@ change |sum over channels of (x - x0)| times sum over channels of |gradient| ran
 pixels are frozen back to the original until one whose change exceeds 0.01 was frozen or 0.3 * sqrt(changed
 pixels) were. The constant carries over between rounds (the reference's REDUCE_CONST=False).
 
-Batched: each image keeps its own mask, constant, start and Adam state. Threat model, shapes and gradient hook
-as :mod:`nn.attacks.cw_l2`; "pixel" = one spatial position (all channels), dimension 1 is channels.
+Batched: each image keeps its own mask, constant, start, Adam state and step count, and runs its rounds on its
+own clock: an image whose round succeeds freezes and starts its next round at the next step while the others go
+on (a round of the whole batch would wait for its slowest image, ``max_iterations`` steps, every round).
+Threat model, shapes and gradient hook as :mod:`nn.attacks.cw_l2`; "pixel" = one spatial position (all
+channels), dimension 1 is channels.
 """
 
 from __future__ import annotations
@@ -51,40 +54,45 @@ class CWL0(Attack):
         start = to_tanh_space(images)
         modifier = torch.zeros_like(images)
         adam = BatchAdam(modifier, self.learning_rate)
+        it = torch.zeros(b, dtype=torch.long, device=dev)  # steps at the current constant of the current round
+        hit = torch.zeros_like(active)  # a success at the current constant (its example in ``solution``)
+        solution, grad_at = images.clone(), torch.zeros_like(images)
         while active.any():
-            m = per_image(fresh, images)
-            start = torch.where(m, to_tanh_space(prev), start)
-            modifier = torch.where(m, torch.zeros_like(modifier), modifier)
-            adam.reset(fresh)
-            done = ~active
-            solution, grad_at = prev.clone(), torch.zeros_like(images)
-            for _ in range(self.max_iterations):
-                x = from_tanh_space(start + modifier) * valid + (1 - valid) * images
-                cw = per_image(const, x)
+            if fresh.any():  # a new round: from the last solution, modifier and Adam restarted
+                m = per_image(fresh, images)
+                start = torch.where(m, to_tanh_space(prev), start)
+                modifier = torch.where(m, torch.zeros_like(modifier), modifier)
+                adam.reset(fresh)
+                it = torch.where(fresh, torch.zeros_like(it), it)
+            x = from_tanh_space(start + modifier) * valid + (1 - valid) * images
+            cw = per_image(const, x)
 
-                def loss_fn(logits: torch.Tensor, y: torch.Tensor, c: torch.Tensor = cw) -> torch.Tensor:
-                    return (c.flatten() * margin(logits, y, 0.01, self.targeted)).sum()
+            def loss_fn(logits: torch.Tensor, y: torch.Tensor, c: torch.Tensor = cw) -> torch.Tensor:
+                return (c.flatten() * margin(logits, y, 0.01, self.targeted)).sum()
 
-                grad_x, logits = self.input_grad(model, x, labels, loss_fn)
-                # gradient of the whole loss w.r.t. the modifier (what the reference ranks pixels by)
-                grad_w = (grad_x + 2 * (x - x0)) * valid * (1 - torch.tanh(start + modifier) ** 2) / 2
-                ok = ~done & (margin(logits, labels, 0.01, self.targeted) < 1e-4)
-                solution = torch.where(per_image(ok, x), x.detach(), solution)
-                grad_at = torch.where(per_image(ok, x), grad_w, grad_at)
-                done |= ok
-                if self.abort_early and done.all():
-                    break
-                adam.step(modifier, grad_w, ~done)
-            won = done & active
-            lost = active & ~won
+            grad_x, logits = self.input_grad(model, x, labels, loss_fn)
+            # gradient of the whole loss w.r.t. the modifier (what the reference ranks pixels by)
+            grad_w = (grad_x + 2 * (x - x0)) * valid * (1 - torch.tanh(start + modifier) ** 2) / 2
+            ok = active & (margin(logits, labels, 0.01, self.targeted) < 1e-4)
+            solution = torch.where(per_image(ok, x), x.detach(), solution)
+            grad_at = torch.where(per_image(ok, x), grad_w, grad_at)
+            hit |= ok
+            last = it == self.max_iterations - 1
+            won = ok if self.abort_early else active & hit & last  # without abort: the constant's last success
+            going = active & ~won
+            adam.step(modifier, grad_w, going)
+            lost = going & last  # no success at this constant: double it, same modifier and Adam
+            it = torch.where(lost, torch.zeros_like(it), torch.where(going, it + 1, it))
             const = torch.where(lost, const * self.const_factor, const)
             active = active & ~(lost & (const >= self.largest_const))
             if won.any():
-                answer = torch.where(per_image(won, images), solution, answer)
-                prev = torch.where(per_image(won, images), solution, prev)
+                w = per_image(won, images)
+                answer = torch.where(w, solution, answer)
+                prev = torch.where(w, solution, prev)
                 valid = self._freeze(valid, won, solution, images, grad_at)
                 active = active & ~(won & (valid.flatten(1).sum(1) == 0))
-            fresh = won
+            fresh = won & active
+            hit &= ~(won | lost)
         return answer
 
     @staticmethod
