@@ -102,6 +102,9 @@ class AttackConfig:
     eot_chips: tuple[int, ...] = ()
     """The chips the adaptive attacker averages over (default: the first ``eot`` finetuned chips that are
     neither the target nor the source)."""
+    white_box: bool = True
+    """Attack chip 1 itself (the white-box control). Off: only the transfer sources run -- for the costliest
+    attacks (C&W L0 on a chip takes a chip forward and backward per step, hours per source on a CPU)."""
     sw_tag: str | None = None
     """Control: another software model (e.g. model0 trained with another seed) as a target."""
     seed: int = 1
@@ -156,7 +159,7 @@ class AttackConfig:
     def sources(self) -> dict[str, str]:
         """{source: role}: what is attacked."""
         t, s = self.target_chip, self.source_chip
-        out = {f"chip_c{t}": "white-box"}
+        out = {f"chip_c{t}": "white-box"} if self.white_box else {}
         if 1 in self.cases:
             out["model0"] = "case 1"
         if 2 in self.cases:

@@ -174,6 +174,8 @@ def add_attack_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
                    help="C&W starting c (reference: 1e-3 L2/L0, 1e-5 Linf); raise it for short budgets")
     a.add_argument("--eot", type=int, default=d.eot, help="adaptive attacker: EOT over K other finetuned chips")
     a.add_argument("--sw-tag", default=None, help="control: another software model (train tag) as a target")
+    a.add_argument("--no-white-box", action="store_true",
+                   help="skip attacking chip 1 itself (the white-box control; the costliest source)")
     a.add_argument("--seed", type=int, default=d.seed)
     a.add_argument("--device", default="cpu", help="cpu | cuda")
     add_exec_args(a)
@@ -190,7 +192,7 @@ def run_attack(args: argparse.Namespace) -> None:
                        n_images=args.n_images, confidence=args.confidence, eps=args.eps,
                        max_iterations=args.max_iterations, binary_search_steps=args.binary_search_steps,
                        initial_const=args.initial_const,
-                       eot=args.eot, sw_tag=args.sw_tag, seed=args.seed)
+                       eot=args.eot, sw_tag=args.sw_tag, seed=args.seed, white_box=not args.no_white_box)
     _check_device(args.device)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")

@@ -69,6 +69,19 @@ def test_rerun_reuses_sources_and_is_deterministic(attacked, tmp_path, caplog):
     pd.testing.assert_frame_equal(read_results(out / "results.parquet"), res)
 
 
+def test_without_the_white_box_source_the_transfer_sources_are_reused(attacked, tmp_path, caplog):
+    run, res = attacked
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    with make_executor(1) as ex, caplog.at_level(logging.INFO, logger="pipeline.attack"):
+        less = attack(copy, AttackConfig(**ATTACK, white_box=False), ex)
+    assert not [r for r in caplog.records if "examples on" in r.getMessage()]  # every source reused
+    assert "chip_c0" not in set(less.source) and "white-box" not in set(less.case)
+    kept = res[res.source != "chip_c0"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(less[kept.columns].reset_index(drop=True), kept, check_dtype=False)
+    assert "Case 1: attack on chip1" in (copy / "attack/tiny/sar_wl10/cw-l2/table1.md").read_text()
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--attack", "cw-l3"], "unknown attack 'cw-l3'"),
     (["--attack", "pgd", "--eps", "0"], "eps=0.0 must be in (0, 1]"),
