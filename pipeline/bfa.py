@@ -132,6 +132,7 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
         return accuracy(m, data.x_test, data.y_test, batch=500)
 
     before = evaluate(model)
+    logger.info("bfa %s run %d: accuracy before any flip %.4f (%d images)", cfg.tag, r, before, len(data.x_test))
     rows: list[dict[str, Any]] = []
     flips: list[dict[str, Any]] = []
 
