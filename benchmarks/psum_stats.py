@@ -4,8 +4,8 @@ Seed 000's Table I schemes were set for XNOR-SRAM columns, whose partial sums of
 spread over tens of units; our bit-serial {0, 1} inputs on differential cells give partial sums packed near
 0 (an all-zero input plane reads exactly 0). This prints, per CIM layer, the share of partial sums that are
 exactly 0, their standard deviation, the share inside the scheme's zero band (between the two thresholds
-around 0, all read as one code), and the codes used. Runs the pure-torch reference path without its lookup tables and records
-every ``adc_read`` call.
+around 0, all read as one code), and the codes used. Runs the pure-torch reference path without its lookup
+tables and records every ``adc_read`` call.
 
     .venv/bin/python benchmarks/psum_stats.py --model0 runs/sn4f6/train/sn_b4_n0_none_std/model0.pt \\
         --psq 3.5bit --images 64
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nn.engine as engine  # noqa: E402
-from nn import ADCConfig, ArrayConfig, CIMConfig  # noqa: E402
+from nn import ADCConfig, CIMConfig  # noqa: E402
 from nn.config import RuntimeConfig  # noqa: E402
 from nn.convert import cim_layers, set_digital  # noqa: E402
 from pipeline.checkpoint import build_model, load_checkpoint  # noqa: E402
@@ -51,24 +51,24 @@ def main() -> None:
     seen: list[torch.Tensor] = []
     original = engine.adc_read
 
-    def record(psum, adc, thr, lev, step, shift):  # type: ignore[no-untyped-def]
+    def record(psum, adc, thr, lev, step, shift):
         seen.append(psum.detach().reshape(-1))
         return original(psum, adc, thr, lev, step, shift)
 
-    engine.adc_read = record  # type: ignore[assignment]
+    engine.adc_read = record
     engine._LUT_MAX_ELEMENTS = 0  # read through adc_read, not the lookup tables (same codes, tested in the suite)
     names = {m: n for n, m in model.named_modules()}
     per_layer: dict[str, torch.Tensor] = {}
     hooks = []
     for layer in cim_layers(model):
-        def done(m, _i, _o, name=names[layer]):  # type: ignore[no-untyped-def]
+        def done(m, _i, _o, name=names[layer]):
             per_layer[name] = torch.cat(seen) if seen else torch.empty(0)
             seen.clear()
         hooks.append(layer.register_forward_hook(done))
     with torch.no_grad():
         model.eval()(data.x_test)
     thr = cim.adc.thresholds
-    lo_band, hi_band = (None, None)
+    lo_band, hi_band = float("-inf"), float("inf")
     if thr is not None:
         lo_band = max((t for t in thr if t < 0), default=float("-inf"))
         hi_band = min((t for t in thr if t >= 0), default=float("inf"))
