@@ -29,6 +29,7 @@ from nn.config import RuntimeConfig  # noqa: E402
 from nn.convert import cim_layers, set_digital  # noqa: E402
 from pipeline.checkpoint import build_model, load_checkpoint  # noqa: E402
 from pipeline.datasets import load_data  # noqa: E402
+from pipeline.train import load_model0_weights  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         cim = replace(cim, adc=ADCConfig.scheme(args.psq), array=replace(cim.array, rows=256, signed_psum=True))
     cim = replace(cim, runtime=RuntimeConfig(fused=False))
     model = build_model(header, cim)
-    model.load_state_dict({k: v for k, v in state.items() if not k.endswith("adc_shift")}, strict=False)
+    load_model0_weights(model, state, str(args.model0))  # every tensor but the chip offsets (another ADC here)
     set_digital(model, False)
     data = load_data(header["data"], None, args.images)
     seen: list[torch.Tensor] = []

@@ -60,7 +60,7 @@ class _CIMMixin:
         # programmed with, fixed (weight attacks flip stored bits without rescaling the layer)
         self.frozen_weight_scale: torch.Tensor | None = None
         self._scale_cache: tuple[Any, torch.Tensor | None] = (None, None)
-        self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
         self.stored_magnitudes: tuple[torch.Tensor, torch.Tensor] | None = None
         """(w+, w-) the cells of a programmed chip hold, integers shaped like the weight, when they are not the
         canonical split of the weights (bit flips: :class:`nn.attacks.StoredBits` sets them). The chip forward
@@ -156,13 +156,13 @@ class _CIMMixin:
         mags = self._magnitudes(w)
         if w.device.type != "cpu":
             return weight_cells(w, *bits) if mags is None else magnitude_cells(mags, *bits)
+        key = w if mags is None else mags  # what the cells are made of ([N, K] or [2, N, K]: never confused)
         hit = self._cells_cache
-        if (hit is not None and hit[0] == bits and hit[1].shape == w.shape and hit[1].dtype == w.dtype
-                and hit[1].device == w.device and torch.equal(hit[1], w)
-                and (hit[2] is None if mags is None else hit[2] is not None and torch.equal(hit[2], mags))):
-            return hit[3]
+        if (hit is not None and hit[0] == bits and hit[1].shape == key.shape and hit[1].dtype == key.dtype
+                and hit[1].device == key.device and torch.equal(hit[1], key)):
+            return hit[2]
         cells = weight_cells(w, *bits) if mags is None else magnitude_cells(mags, *bits)
-        self._cells_cache = (bits, w.clone(), None if mags is None else mags.clone(), cells)
+        self._cells_cache = (bits, key.clone(), cells)
         return cells
 
     def _magnitudes(self, w: torch.Tensor) -> torch.Tensor | None:

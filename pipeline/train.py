@@ -291,7 +291,7 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
     start_epoch = _resume(out / "state.pt", chash, model, opt, rows)
     if start_epoch == 0:  # epoch 0: the calibrated fresh model, or the warm start's source read on this path
         if warm:
-            _load_warm(model, warm[1], cfg.init_from or "")
+            load_model0_weights(model, warm[1], cfg.init_from or "")
         else:
             calibrate_act_ranges(model, data.x_train[:cfg.calib_images].to(device))
         rows = [{"epoch": 0, "step": 0, "loss": math.nan, "train_acc": math.nan,
@@ -334,7 +334,7 @@ def _warm_start(run_dir: Path, cfg: TrainConfig, tag: str) -> tuple[dict[str, An
     return header, state
 
 
-def _load_warm(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_model0_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Copy a finished model0 into ``model``: every tensor but the chip offsets (``adc_shift``, whose shape is
     the source's chip); a tensor missing or of another shape is refused by name."""
     own = model.state_dict()

@@ -77,14 +77,12 @@ class StoredBits:
                 scale = m._weight_scale(w).detach().clone()
                 w_int, _ = quantize_weight(w, b, scale)
                 m.frozen_weight_scale = scale
-                w_int = w_int.round().to(torch.int64).reshape(m.weight.shape)
-                held = m.stored_magnitudes  # the cells an earlier attack left (w+ and w- may both hold bits)
-                if held is not None and held[0].shape == w_int.shape and torch.equal(held[0] - held[1], w_int):
-                    self.pos.append(held[0].to(torch.int64).clone())
-                    self.neg.append(held[1].to(torch.int64).clone())
-                else:
-                    self.pos.append(w_int.clamp_min(0))
-                    self.neg.append((-w_int).clamp_min(0))
+                w_int = w_int.round()
+                held = m._magnitudes(w_int)  # the cells an earlier attack left (w+ and w- may both hold bits)
+                mags = torch.stack([w_int.clamp_min(0), (-w_int).clamp_min(0)]) if held is None else held
+                mags = mags.round().to(torch.int64).reshape(2, *m.weight.shape)
+                self.pos.append(mags[0].clone())
+                self.neg.append(mags[1].clone())
                 self._write(len(self.pos) - 1)
 
     def values(self, i: int) -> torch.Tensor:
