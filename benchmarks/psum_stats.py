@@ -38,12 +38,15 @@ def main() -> None:
     ap.add_argument("--psq", default=None, help="read through this Table I scheme (1bit | 2bit | 3.5bit) on 256-row "
                                                 "signed columns instead of the model's own ADC")
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--first-layer-digital", action="store_true", help="compute the image-reading layer exactly")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     header, state = load_checkpoint(args.model0, fix="give a model0.pt of the train stage")
     cim = CIMConfig.from_dict(header["cim"])
     if args.psq:
         cim = replace(cim, adc=ADCConfig.scheme(args.psq), array=replace(cim.array, rows=256, signed_psum=True))
+    if args.first_layer_digital:
+        cim = replace(cim, array=replace(cim.array, first_layer_digital=True))
     cim = replace(cim, runtime=RuntimeConfig(fused=False))
     model = build_model(header, cim)
     load_model0_weights(model, state, str(args.model0))  # every tensor but the chip offsets (another ADC here)
@@ -67,7 +70,9 @@ def main() -> None:
             seen.clear()
         hooks.append(layer.register_forward_hook(done))
     with torch.no_grad():
-        model.eval()(data.x_test)
+        logits = model.eval()(data.x_test)
+    acc = float((logits.argmax(1) == data.y_test).double().mean())
+    print(f"accuracy of these weights read this way: {100 * acc:.1f} % on the first {len(data.y_test)} test images\n")
     thr = cim.adc.thresholds
     lo_band, hi_band = float("-inf"), float("inf")
     if thr is not None:
