@@ -1,8 +1,9 @@
 """Where a model's partial sums fall against its ADC's thresholds, layer by layer (a diagnostic, not a test).
 
 Seed 000's Table I schemes were set for XNOR-SRAM columns, whose partial sums of +-1 products over 256 rows
-spread over tens of units; our bit-serial {0, 1} inputs on differential cells give partial sums packed near
-0 (an all-zero input plane reads exactly 0). This prints, per CIM layer, the share of partial sums that are
+spread over tens of units; bit-serial {0, 1} inputs on differential cells (``--psq-encoding unipolar``) give
+partial sums packed near 0 (an all-zero input plane reads exactly 0); XNOR rows (``xnor``, the default with
+``--psq``: a 0 bit drives -1) read the centred sums the scheme was set for. This prints, per CIM layer, the share of partial sums that are
 exactly 0, their standard deviation, the share inside the scheme's zero band (between the two thresholds
 around 0, all read as one code), and the codes used. Runs the pure-torch reference path without its lookup
 tables and records every ``adc_read`` call.
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--model0", type=Path, required=True, help="a train stage's model0.pt")
     ap.add_argument("--psq", default=None, help="read through this Table I scheme (1bit | 2bit | 3.5bit) on 256-row "
                                                 "signed columns instead of the model's own ADC")
+    ap.add_argument("--psq-encoding", choices=["xnor", "unipolar"], default="xnor",
+                    help="with --psq: a 0 input bit drives -1 (xnor) or leaves its row off (unipolar)")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--first-layer-digital", action="store_true", help="compute the image-reading layer exactly")
     args = ap.parse_args()
@@ -44,7 +47,8 @@ def main() -> None:
     header, state = load_checkpoint(args.model0, fix="give a model0.pt of the train stage")
     cim = CIMConfig.from_dict(header["cim"])
     if args.psq:
-        cim = replace(cim, adc=ADCConfig.scheme(args.psq), array=replace(cim.array, rows=256, signed_psum=True))
+        cim = replace(cim, adc=ADCConfig.scheme(args.psq), array=replace(
+            cim.array, rows=256, signed_psum=True, xnor=args.psq_encoding == "xnor"))
     if args.first_layer_digital:
         cim = replace(cim, array=replace(cim.array, first_layer_digital=True))
     cim = replace(cim, runtime=RuntimeConfig(fused=False))

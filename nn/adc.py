@@ -122,3 +122,13 @@ def sample_codes(psum: torch.Tensor, cdf: torch.Tensor, psum_lo: int,
     for k in range(cdf.shape[1]):
         code += u >= cdf[:, k][row]
     return code
+
+
+def xnor_periphery(readings: torch.Tensor, signed_cells: torch.Tensor, bit_w: torch.Tensor,
+                   slice_w: torch.Tensor) -> torch.Tensor:
+    """An XNOR array's output [B, N] from the weighted sum of its readings Q(P) (``readings`` [B, N]): the
+    periphery adds every tile's column weight sum S and halves, sum over planes and tiles of bit_w * (Q(P) + S)
+    / 2 (:attr:`nn.config.ArrayConfig.xnor`); ``signed_cells`` [S, K, N] are the signed cells c+ - c-."""
+    w_sum = (signed_cells.to(readings.dtype) * slice_w.to(readings.dtype).view(-1, 1, 1)).sum((0, 1))  # [N]
+    return 0.5 * readings + (0.5 * float(bit_w.sum())) * w_sum
+

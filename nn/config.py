@@ -110,6 +110,13 @@ class ArrayConfig:
     (non-negative partial sums, a current-sensing ADC) and subtracted digitally. True: the ADC reads
     the signed difference of the pair (XNOR-SRAM style signed column, one ADC per pair; partial sums in
     [-psum_max, psum_max]); needed for seed 000's Table I schemes, whose thresholds straddle 0."""
+    xnor: bool = False
+    """Each input bit drives its row as +1 (bit 1) or -1 (bit 0), as an XNOR-SRAM row does (Yin et al., JSSC
+    2020, seed 000's hardware): a signed column then reads P = sum (2x - 1) * w over the tile's rows, centred on
+    zero for any input, the partial sum seed 000's Table I thresholds are set for; the digital periphery adds
+    the column's weight sum S over the tile back and halves, (Q(P) + S) / 2, which is sum x * w when the ADC
+    reads P exactly. A row left unused (padding) holds no weight and adds nothing. Needs ``signed_psum`` and
+    bit-serial inputs. False (default): a 0 bit leaves its row off, partial sums sum x * w."""
     first_layer_digital: bool = False
     """The network's first CIM layer (the one reading the image) computes exactly, as the integer digital layer
     (no ADC, no noise), whatever the rest of the chip does: binary and low-precision networks keep that layer
@@ -218,6 +225,9 @@ class CIMConfig:
 
     def __post_init__(self) -> None:
         q, a = self.quant, self.array
+        if a.xnor and not (a.signed_psum and q.input_mode == "bit_serial"):
+            raise CIMConfigError("array.xnor drives rows with +-1 input bits: it needs array.signed_psum=True and "
+                                 "input_mode='bit_serial'")
         if q.input_mode == "multilevel" and q.input_signed and not a.signed_psum:
             raise CIMConfigError("signed multi-level inputs make negative column currents: set "
                                  "array.signed_psum=True or use input_mode='bit_serial'")

@@ -25,7 +25,7 @@ import math
 import torch
 
 from nn import fused
-from nn.adc import adc_read, adc_tables, lookup_tables, noise_table_cdf, sample_codes
+from nn.adc import adc_read, adc_tables, lookup_tables, noise_table_cdf, sample_codes, xnor_periphery
 from nn.config import CIMConfig
 
 _LUT_MAX_ELEMENTS = 2**26  # table entries per layer (256 MiB in float32)
@@ -60,14 +60,14 @@ def magnitude_cells(mags: torch.Tensor, weight_bits: int, cell_bits: int) -> tor
 
 def _chunk_forward(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor,
                    lut: torch.Tensor | None, thr: torch.Tensor, lev: torch.Tensor, shift: torch.Tensor | None,
-                   noise: torch.Tensor | None, adc_cfg, step: float) -> torch.Tensor:
+                   noise: torch.Tensor | None, adc_cfg, step: float, xnor: bool) -> torch.Tensor:
     """Output [m, C] of one chunk of input rows ``xt`` [T, m, R] (integer-valued floats).
 
     ``w`` [T, R (+1), C] weight cells (plus the table-offset row when ``lut`` [T * C * n_p] is given);
     ``bit_w`` [P] the digital weight of each input plane (P = 1 for multi-level inputs); ``col_w`` [C]
     each column's digital weight (slice significance x polarity sign), already folded into ``lut``.
     """
-    psum = torch.bmm(_planes(xt, bit_w.shape[0], lut is not None), w)  # [T, P * m, C]
+    psum = torch.bmm(_planes(xt, bit_w.shape[0], lut is not None, xnor), w)  # [T, P * m, C]
     if lut is not None:
         return _lut_readout(psum, lut, bit_w)
     if noise is not None:
@@ -84,9 +84,10 @@ def _lut_readout(psum: torch.Tensor, lut: torch.Tensor, bit_w: torch.Tensor) -> 
     return _shift_add(torch.gather(lut.unsqueeze(1).expand(-1, psum.shape[1], -1), -1, psum.long()), bit_w)
 
 
-def _planes(xt: torch.Tensor, n_planes: int, index_row: bool) -> torch.Tensor:
+def _planes(xt: torch.Tensor, n_planes: int, index_row: bool, xnor: bool = False) -> torch.Tensor:
     """Matmul input [T, P * m, R (+1)]: the input bit-planes stacked along the rows (P = 1: the levels
-    themselves), plus the constant table-index row. Bits are cut with integer shifts (one pass)."""
+    themselves; ``xnor``: bits driven as +-1), plus the constant table-index row. Bits are cut with integer
+    shifts (one pass)."""
     tiles, m, rows = xt.shape
     buf = xt.new_empty(tiles, n_planes, m, rows + int(index_row))
     if n_planes > 1:
@@ -95,6 +96,8 @@ def _planes(xt: torch.Tensor, n_planes: int, index_row: bool) -> torch.Tensor:
         buf[..., :rows] = (xi.unsqueeze(1) >> sh) & 1
     else:
         buf[..., :rows] = xt.unsqueeze(1)
+    if xnor:
+        buf[..., :rows].mul_(2).sub_(1)
     if index_row:
         buf[..., rows] = 1
     return buf.view(tiles, n_planes * m, -1)
@@ -186,15 +189,17 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
             noise = adc.noise_sigma * torch.randn(tiles, n_planes * xt.shape[1], cols, generator=generator,
                                                   device=dev, dtype=dt)
         if cdf is not None:
-            y = _table_chunk(xt, w, bit_w, col_w, cdf, lev, lo, generator)
+            y = _table_chunk(xt, w, bit_w, col_w, cdf, lev, lo, generator, array.xnor)
         else:
-            y = _chunk_forward(xt, w, bit_w, col_w, lut, thr, lev, flat_shift, noise, adc, step)
+            y = _chunk_forward(xt, w, bit_w, col_w, lut, thr, lev, flat_shift, noise, adc, step, array.xnor)
         out[start:start + m] = y.reshape(-1, n_slices * n_pol, n).sum(1)
+    if array.xnor:
+        return xnor_periphery(out, cells[:, 0], bit_w, slice_w)
     return out
 
 
 def _table_chunk(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor, cdf: torch.Tensor,
-                 lev: torch.Tensor, lo: int, generator: torch.Generator | None) -> torch.Tensor:
+                 lev: torch.Tensor, lo: int, generator: torch.Generator | None, xnor: bool) -> torch.Tensor:
     """Measured-noise readout of one chunk: every reading is a code drawn from P(code | ideal psum)."""
-    psum = torch.bmm(_planes(xt, bit_w.shape[0], False), w)
+    psum = torch.bmm(_planes(xt, bit_w.shape[0], False, xnor), w)
     return _shift_add(lev[sample_codes(psum, cdf, lo, generator)] * col_w, bit_w)

@@ -33,7 +33,7 @@ import torch
 
 from nn import fused_noise
 from nn._numba_prims import AVAILABLE
-from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds
+from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds, xnor_periphery
 from nn.config import CIMConfig
 
 if AVAILABLE:
@@ -98,9 +98,10 @@ if AVAILABLE:
         return out
 
     @njit(cache=True, inline="always")
-    def _psums(xw, wp, wm, minus, m, t, p, s):
+    def _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum):
         """Integer partial sums of every column of tile t for input plane p of row m, into ``s`` [C]: columns
-        innermost and contiguous (``wp`` [T, cell bits, words, C]), so the popcounts vectorize."""
+        innermost and contiguous (``wp`` [T, cell bits, words, C]), so the popcounts vectorize. ``xnor``: the
+        bits drive +-1, P = 2 * sum(x * w) - S with S = ``ssum`` [T, C], the column's weight sum over the tile."""
         s[:] = 0
         for b in range(wp.shape[1]):
             for k in range(xw.shape[3]):
@@ -112,6 +113,9 @@ if AVAILABLE:
                 if minus:
                     for c in range(s.shape[0]):
                         s[c] -= np.int64(_popcount(xk & wm[t, b, k, c])) << b
+        if xnor:
+            for c in range(s.shape[0]):
+                s[c] = 2 * s[c] - ssum[t, c]
 
     @njit(cache=True, inline="always")
     def _read(mode, t, c, s, lo, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed, key):
@@ -166,8 +170,8 @@ if AVAILABLE:
         return out
 
     @njit(parallel=True, cache=True)
-    def _kernel(xw, wp, wm, minus, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr, code0,
-                walk, qstep, lev, colw, sigma, cdf, seed, out):
+    def _kernel(xw, wp, wm, minus, xnor, ssum, serial, skip_zero, zero, bitw, bitw_int, n_out, lo, mode, lut, thr,
+                code0, walk, qstep, lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
         counted: its columns read ``zero[t, c]``, added with the plane's weight. (Multi-level inputs,
@@ -186,8 +190,8 @@ if AVAILABLE:
                     if not live and skip_zero:
                         zero_w += bitw[p]
                         continue
-                    if live:
-                        _psums(xw, wp, wm, minus, m, t, p, s)
+                    if live or xnor:
+                        _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
                     else:  # an all-zero plane of a noisy readout: partial sums 0, each read (noise and all)
                         s[:] = 0
                     if serial:
@@ -262,8 +266,8 @@ if AVAILABLE:
             acc[c] += weight * lev[code[c]] * colw[c]
 
     @njit(parallel=True, cache=True)
-    def _kernel_cuts(xw, wp, wm, minus, serial, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo,
-                     out):
+    def _kernel_cuts(xw, wp, wm, minus, xnor, ssum, serial, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
+                     cuts, s_lo, out):
         """:func:`_kernel` for noisy readouts through cut tables: every plane is read (an all-zero plane reads
         partial sums 0, noise and all), readings keyed as :func:`_kernel` keys them. Blocks of ``_BLOCK`` rows
         run tile by tile, so one tile's cuts serve the whole block from cache (row by row, a layer's tables,
@@ -283,8 +287,8 @@ if AVAILABLE:
                     m = m0 + i
                     total[:] = 0
                     for p in range(planes):
-                        if _live(xw, m, t, p):
-                            _psums(xw, wp, wm, minus, m, t, p, s)
+                        if xnor or _live(xw, m, t, p):
+                            _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
                         else:
                             s[:] = 0
                         if serial:
@@ -388,7 +392,7 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
     same ``cells`` object (its cells cache hands out one object per programmed weight set), so a chip that is
     read many times (attacks, evaluations) is programmed once."""
     array = cfg.array
-    key = (dense, array.rows, array.cell_bits, array.signed_psum, cfg.psum_range)
+    key = (dense, array.rows, array.cell_bits, array.signed_psum, array.xnor, cfg.psum_range)
     if table_cache is not None and table_cache.get("programmed_cells") is cells \
             and table_cache.get("programmed_key") == key:
         return table_cache["programmed"]
@@ -409,7 +413,10 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
         wp = _pack(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
         wm = (_pack(minus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy() if minus is not None
               else np.zeros((1, 1, 1, 1), np.uint64))
-        out = (wp, wm, minus is not None)
+        ssum = np.zeros((1, 1), np.int64)
+        if array.xnor and minus is not None:  # each tile's column weight sum S (ArrayConfig.xnor)
+            ssum = (plus - minus).to(torch.int64).reshape(-1, tiles, rows).sum(-1).T.contiguous().numpy()
+        out = (wp, wm, minus is not None, ssum)
     if table_cache is not None:
         table_cache.update(programmed_cells=cells, programmed_key=key, programmed=out)
     return out
@@ -448,7 +455,8 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     quant = cfg.quant
     n = cells.shape[3]
     cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
-    wp, wm, signed = _programmed(cells, cfg, table_cache, dense=False)
+    wp, wm, signed, ssum = _programmed(cells, cfg, table_cache, dense=False)
+    xnor = cfg.array.xnor
     bitw_int = 2 ** np.arange(quant.input_bits, dtype=np.int64)
     if quant.input_signed:
         bitw_int[-1] = -bitw_int[-1]
@@ -456,14 +464,18 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     out = np.empty((xw.shape[0], n), np.float64)
     serial = quant.input_mode == "bit_serial"
     if mode == MODE_CUTS:
-        _kernel_cuts(xw, wp, wm, signed, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
-                     out)  # type: ignore[call-arg]
-        return torch.from_numpy(out).to(dtype)
-    noisy = sigma > 0
-    zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if not noisy else np.zeros((1, 1))
-    _kernel(xw, wp, wm, signed, serial, not noisy, zero, bitw_int.astype(np.float64), bitw_int, n, *rd,
-            out)  # type: ignore[call-arg]
-    return torch.from_numpy(out).to(dtype)
+        _kernel_cuts(xw, wp, wm, signed, xnor, ssum, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed,
+                     *cut, out)  # type: ignore[call-arg]
+    else:
+        skip_zero = sigma == 0 and not xnor  # (an XNOR array's all-zero plane reads -S, not 0)
+        zero = _zero_readings(mode, lo, lut, thr, code0, walk, qstep, lev, colw, cdf) if skip_zero else np.zeros((1, 1))
+        _kernel(xw, wp, wm, signed, xnor, ssum, serial, skip_zero, zero, bitw_int.astype(np.float64), bitw_int, n,
+                *rd, out)  # type: ignore[call-arg]
+    y = torch.from_numpy(out)
+    if xnor:
+        y = xnor_periphery(y, cells[:, 0] - cells[:, 1], torch.from_numpy(bitw_int.astype(np.float64)),
+                           2.0 ** (cfg.array.cell_bits * torch.arange(cells.shape[0], dtype=torch.float64)))
+    return y.to(dtype)
 
 
 def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: int, cells: torch.Tensor,

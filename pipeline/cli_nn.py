@@ -49,6 +49,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     adc.add_argument("--adc-bits", type=int_arg, default=None, help="uniform ADC bits (5)")
     adc.add_argument("--psq", choices=["1bit", "2bit", "3.5bit"], default=None,
                      help="input-split partial-sum quantization (seed 000 Table I; 256-row signed columns)")
+    t.add_argument("--psq-encoding", choices=["xnor", "unipolar"], default=None,
+                   help="input-split rows: a 0 bit drives -1 (xnor, default; Table I's centred partial sums) or "
+                        "leaves the row off (unipolar, the control)")
     t.add_argument("--rows", type=int_arg, default=None, help="rows per sub-array (128; 256 with --psq)")
     t.add_argument("--act", choices=["relu", "celu"], default=None)
     noise = t.add_mutually_exclusive_group()
@@ -76,9 +79,10 @@ def run_train(args: argparse.Namespace) -> None:
                        epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                        weight_bits=args.weight_bits, input_bits=args.input_bits,
                        first_input_bits=args.first_input_bits, adc_bits=args.adc_bits,
-                       psq=args.psq, rows=args.rows, act=args.act, noise_sigma_psum=args.noise_sigma,
-                       noise_table=args.noise_table, adv_train=args.adv_train or None, adv_eps=args.adv_eps,
-                       adv_steps=args.adv_steps, chip_train=args.chip_train or None,
+                       psq=args.psq, psq_encoding=args.psq_encoding, rows=args.rows, act=args.act,
+                       noise_sigma_psum=args.noise_sigma, noise_table=args.noise_table,
+                       adv_train=args.adv_train or None, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
+                       chip_train=args.chip_train or None,
                        init_from=args.init_from, first_layer_digital=args.first_layer_digital or None)
     _threads(args.workers)
     _check_device(args.device)
@@ -259,6 +263,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
                    help="Gaussian noise sigmas, partial-sum units (0 1 2 4)")
     s.add_argument("--noise-table", default="", help="a measured P(code | psum) CSV: one more noise level")
     s.add_argument("--psq", nargs="+", default=list(d.psq), help=" ".join(PSQ_NAMES))
+    s.add_argument("--psq-encoding", choices=["xnor", "unipolar"], default=d.psq_encoding,
+                   help="input-split rows: a 0 bit drives -1 (xnor) or leaves the row off (unipolar, the control)")
     s.add_argument("--adv-train", nargs="+", default=["no", "yes"], choices=["no", "yes"])
     s.add_argument("--runs", type=int_arg, default=d.runs, help="PGD runs and BFA runs per cell (5)")
     s.add_argument("--subset", type=int_arg, default=None, help="training images per cell (all)")
@@ -292,7 +298,7 @@ def run_study_noise(args: argparse.Namespace) -> None:
 
     cfg = StudyNoiseConfig(model=args.model, data=args.data, bits=tuple(args.bits),
                            first_input_bits=args.first_input_bits, noise=tuple(args.noise),
-                           noise_table=args.noise_table, psq=tuple(args.psq),
+                           noise_table=args.noise_table, psq=tuple(args.psq), psq_encoding=args.psq_encoding,
                            adv_train=tuple(dict.fromkeys(a == "yes" for a in args.adv_train)), runs=args.runs,
                            subset=args.subset, test_subset=args.test_subset, epochs=args.epochs, batch=args.batch,
                            adv_steps=args.adv_steps, attack_images=args.attack_images,

@@ -52,6 +52,7 @@ from pipeline.artifacts import ArtifactError, read_json, versions, write_json, w
 from pipeline.config import ConfigError, config_hash
 from pipeline.datasets import check_spec, load_data
 from pipeline.executor import as_completed, threads_per_worker
+from pipeline.train import PSQ_ENCODINGS
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class StudyNoiseConfig:
     """A measured P(code | psum) CSV as one more noise level (and the reference); empty: none."""
     psq: tuple[str, ...] = PSQ_NAMES
     """Partial-sum schemes: none (uniform ADC of ``adc_bits``) and seed 000 Table I's."""
+    psq_encoding: str = "xnor"
+    """How the input-split cells' rows are driven (``TrainConfig.psq_encoding``): 'xnor' or 'unipolar'."""
     adv_train: tuple[bool, ...] = (False, True)
     """Training kinds: clean, PGD adversarial (eps 0.03, 2/255, 10 iterations)."""
     runs: int = 5
@@ -135,6 +138,8 @@ class StudyNoiseConfig:
         unknown = set(self.psq) - set(PSQ_NAMES)
         if unknown or not self.psq:
             raise ConfigError(f"psq: unknown scheme(s) {sorted(unknown)}; choose from {', '.join(PSQ_NAMES)}")
+        if self.psq_encoding not in PSQ_ENCODINGS:
+            raise ConfigError(f"psq_encoding={self.psq_encoding!r}: choose from {', '.join(PSQ_ENCODINGS)}")
         if not (isinstance(self.eps, float | int) and 0 < self.eps <= 1):
             raise ConfigError(f"eps={self.eps!r} must be in (0, 1] (L-inf on [0, 1] images)")
         if not self.adv_train:
@@ -228,6 +233,7 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
     return train_config(cfg.model, data=cfg.data, weight_bits=cell.bits, input_bits=cell.bits,
                         first_input_bits=cfg.first_input_bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
+                        psq_encoding=None if cell.psq == "none" else cfg.psq_encoding,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
                         lr=cfg.lr, seed=cfg.seed, first_layer_digital=cfg.first_layer_digital or None, **act, **noise,
                         **adv, **path, **init)

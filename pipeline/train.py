@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_TRAIN = 3
 PSQ_SCHEMES = ("1bit", "2bit", "3.5bit")
+PSQ_ENCODINGS = ("xnor", "unipolar")  # how input-split rows are driven (TrainConfig.psq_encoding)
 PSQ_ROWS = 256  # seed 000: input splitting into 256-input groups (the XNOR-SRAM array height)
 
 HISTORY = pa.schema([
@@ -116,6 +117,10 @@ class TrainConfig:
     psq: str | None = None
     """Input-split partial-sum quantization with a Table I scheme ('1bit', '2bit', '3.5bit'): signed
     columns of ``rows`` (256 by the seed) and the chip path in training."""
+    psq_encoding: str = "xnor"
+    """How the input-split (``psq``) rows are driven: 'xnor' (a 0 bit drives -1, the partial sum is centred on zero as
+    Table I's thresholds assume; ``ArrayConfig.xnor``) or 'unipolar' (a 0 bit leaves the row off, partial sums
+    sum x * w of {0, 1} bit-planes: the encoding before 2026-12-03, kept as the control)."""
     noise_sigma_psum: float = 0.0
     """Per-inference Gaussian noise on every partial sum, in partial-sum units (one on-cell = 1), in training
     and test (seed 000's noise-aware training)."""
@@ -169,6 +174,8 @@ class TrainConfig:
             raise ConfigError(f"act={self.act!r}: choose from {sorted(ACTIVATIONS)}")
         if self.psq is not None and self.psq not in PSQ_SCHEMES:
             raise ConfigError(f"psq={self.psq!r}: choose from {list(PSQ_SCHEMES)}")
+        if self.psq_encoding not in PSQ_ENCODINGS:
+            raise ConfigError(f"psq_encoding={self.psq_encoding!r}: choose from {list(PSQ_ENCODINGS)}")
         if not (math.isfinite(self.noise_sigma_psum) and self.noise_sigma_psum >= 0):
             raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
         if self.noise_sigma_psum > 0 and self.noise_table is not None:
@@ -196,18 +203,22 @@ class TrainConfig:
             quant = QuantConfig(weight_bits=self.weight_bits, input_bits=self.input_bits,
                                 input_signed=self.act == "celu", first_input_bits=self.first_input_bits)
             array = ArrayConfig(rows=self.rows, signed_psum=self.psq is not None,
+                                xnor=self.psq is not None and self.psq_encoding == "xnor",
                                 first_layer_digital=self.first_layer_digital)
             return CIMConfig(adc=adc, array=array, quant=quant)
         except CIMConfigError as exc:
             raise ConfigError(f"invalid CIM settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``first_input_bits``, ``init_from`` and ``first_layer_digital`` only when set, so runs from
-        before they existed keep their hash."""
+        """Every field; ``first_input_bits``, ``init_from`` and ``first_layer_digital`` only when set, and
+        ``psq_encoding`` only with ``psq``, so runs from before they existed keep their hash (input-split runs
+        hash the encoding: those from before it existed were unipolar and retrain)."""
         d = asdict(self)
         for name in ("first_input_bits", "init_from", "first_layer_digital"):
             if d[name] is None or d[name] is False:
                 del d[name]
+        if self.psq is None:
+            del d["psq_encoding"]
         if self.adv_train:  # 3: BatchNorm's running statistics follow the clean batches only (retrains)
             d["adv_train_version"] = ADV_TRAIN_VERSION
         return d

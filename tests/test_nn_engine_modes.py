@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,38 @@ def test_signed_columns_read_table_one_scheme_per_tile():
     want = lev[(psum.unsqueeze(-1) >= thr).sum(-1)].sum(1)
     assert torch.equal(layer.integer_forward(x)[0], want)
     assert (psum < 0).any() and (psum > 0).any()
+
+
+def test_xnor_rows_read_the_centred_partial_sum_and_the_periphery_restores_it():
+    """ArrayConfig.xnor: a 0 bit drives -1; the ADC reads P = sum (2x - 1) w per tile, the periphery adds the
+    tile's weight sum S and halves. Lossless ADC: exactly x @ w (padding rows add nothing); Table I: the scheme
+    quantizes P, not sum x w."""
+    rows, k = 64, 150  # 3 tiles, the last one 22 rows short
+    quant = QuantConfig(weight_bits=1, input_bits=1)
+    lossless = CIMConfig(adc=ADCConfig(bits=8), array=ArrayConfig(rows=rows, signed_psum=True, xnor=True),
+                         quant=quant)
+    torch.manual_seed(3)
+    layer = CIMLinear(k, 5, cim_config=lossless).double()
+    x = torch.rand(7, k, dtype=torch.float64) * torch.tensor([0.2, 1.0], dtype=torch.float64).repeat(75)
+    x_int, _ = quantize_input(x, 1, 1.0)
+    w_int, _ = quantize_weight(layer.weight.double(), 1)
+    assert torch.equal(layer.integer_forward(x)[0], x_int @ w_int.T)
+    table = replace(lossless, adc=ADCConfig.scheme("2bit"))
+    layer.cim_config = table
+    pad = 3 * rows - k
+    xp = torch.nn.functional.pad(2 * x_int - 1, (0, pad)).view(7, 3, rows)
+    wp = torch.nn.functional.pad(w_int, (0, pad)).view(5, 3, rows)
+    p = torch.einsum("btr,ntr->btn", xp, wp)
+    s = wp.sum(-1)  # [N, T]
+    thr = torch.tensor([-24.0, 0.0, 24.0], dtype=torch.float64)
+    lev = torch.tensor([-36.0, -12.0, 12.0, 36.0], dtype=torch.float64)
+    want = ((lev[(p.unsqueeze(-1) >= thr).sum(-1)] + s.T.unsqueeze(0)) / 2).sum(1)
+    assert torch.equal(layer.integer_forward(x)[0], want)
+    # without xnor the same scheme reads sum x w, a different (and here non-negative-skewed) partial sum
+    layer.cim_config = replace(table, array=replace(table.array, xnor=False))
+    assert not torch.equal(layer.integer_forward(x)[0], want)
+    with pytest.raises(CIMConfigError, match="xnor"):
+        CIMConfig(array=ArrayConfig(xnor=True))
 
 
 def _one_hot_table(cfg: CIMConfig) -> tuple[tuple[float, ...], ...]:

@@ -51,6 +51,28 @@ def test_fused_equals_reference_bit_for_bit(case):
     assert torch.equal(a, b)
 
 
+XNOR_CASES = [c for c in itertools.product([1, 4], [1, 2], [1, 4], [False, True], ["flash", "sar"],
+                                           [None, "1bit", "3.5bit"]) if not (c[3] and c[2] < 2)]
+
+
+@pytest.mark.parametrize("case", [XNOR_CASES[i] for i in np.random.default_rng(1).choice(len(XNOR_CASES), 12,
+                                                                                         replace=False)])
+def test_fused_xnor_equals_reference_bit_for_bit(case):
+    """XNOR rows (a 0 bit drives -1): the popcount kernel's P = 2 sum(x w) - S and the periphery's (Q(P) + S) / 2
+    equal the reference's +-1 planes, offsets and all."""
+    wb, cb, ib, signed_in, kind, scheme = case
+    adc = replace(ADCConfig.scheme(scheme) if scheme else ADCConfig(bits=6), kind=kind)
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=40, cell_bits=cb, signed_psum=True, xnor=True, n_macros=2,
+                                               adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=wb, input_bits=ib, input_signed=signed_in))
+    torch.manual_seed(hash(case) % 1000)
+    layer = CIMLinear(100, 7, cim_config=cfg).double()
+    if scheme is None or kind == "flash":
+        layer.load_adc_offsets(np.random.default_rng(1).normal(0, 1.0, (2, 4, cfg.adc.n_thresholds)))
+    a, b = _both(layer, torch.randn(9, 100, dtype=torch.float64) * 2)
+    assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_fused_conv_packs_windows_like_unfold(stride, padding, dilation):
     cfg = CIMConfig(adc=ADCConfig(bits=4), array=ArrayConfig(rows=16, n_macros=2, adcs_per_macro=4),
@@ -177,8 +199,9 @@ def test_sar_effective_thresholds_read_like_the_sar_search(scale):
     assert torch.equal(lev[(v[..., None] >= eff[:, None, :]).sum(-1)], sar)
 
 
-def test_fused_noise_table_matches_reference_distribution():
-    cfg = CIMConfig(adc=ADCConfig.scheme("2bit"), array=ArrayConfig(rows=4, signed_psum=True, n_macros=1,
+@pytest.mark.parametrize("xnor", [False, True])
+def test_fused_noise_table_matches_reference_distribution(xnor):
+    cfg = CIMConfig(adc=ADCConfig.scheme("2bit"), array=ArrayConfig(rows=4, signed_psum=True, xnor=xnor, n_macros=1,
                                                                     adcs_per_macro=2),
                     quant=QuantConfig(weight_bits=1, input_bits=1))
     lo, hi = cfg.psum_range
@@ -188,6 +211,8 @@ def test_fused_noise_table_matches_reference_distribution():
     layer = CIMLinear(4, 1, cim_config=cfg).double()
     layer.set_noise_seed(5)
     x = torch.ones(6000, 4, dtype=torch.float64)
+    if xnor:
+        x[:, :2] = 0  # rows driven -1
     a, b = _both(layer, x)
     values = sorted(set(a.flatten().tolist()) | set(b.flatten().tolist()))
     ca = np.array([(a == v).sum().item() for v in values])

@@ -12,6 +12,7 @@ import pytest
 
 from nn.convert import cim_layers
 from pipeline.cli import main
+from pipeline.config import ConfigError
 from pipeline.plots_noise import figure_tables, table2_markdown
 from pipeline.study_noise import Cell, StudyNoiseConfig, cell_key, cells, train_cfg
 
@@ -229,3 +230,19 @@ def test_first_layer_digital_reaches_every_cell_and_leaves_old_keys_alone():
         assert "first_layer_digital" not in train_cfg(base, c).to_dict()
         assert train_cfg(pinned, c).cim_config().array.first_layer_digital
         assert cell_key(pinned, c) != cell_key(base, c)
+
+
+def test_psq_cells_drive_xnor_rows_and_the_unipolar_control_is_one_flag():
+    base = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0,), psq=("none", "1bit"), adv_train=(False,))
+    control = replace(base, psq_encoding="unipolar")
+    for c in cells(base):
+        array = train_cfg(base, c).cim_config().array
+        if c.psq == "none":  # uniform-ADC cells know nothing of the encoding: same runs, same keys
+            assert not array.xnor and "psq_encoding" not in train_cfg(base, c).to_dict()
+            assert cell_key(control, c) == cell_key(base, c)
+        else:
+            assert array.xnor and array.signed_psum and array.rows == 256
+            assert not train_cfg(control, c).cim_config().array.xnor
+            assert cell_key(control, c) != cell_key(base, c)
+    with pytest.raises(ConfigError, match="psq_encoding"):
+        replace(base, psq_encoding="ternary")
