@@ -65,6 +65,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--adv-steps", type=int_arg, default=None)
     t.add_argument("--first-layer-digital", action="store_true",
                    help="the image-reading first layer computes digitally (no ADC, no noise); the rest on the chip")
+    t.add_argument("--bn-recal", type=int, default=None, metavar="N",
+                   help="after every epoch re-estimate BatchNorm statistics on N training batches "
+                        "(0: the running averages)")
     t.add_argument("--init-from", default=None, metavar="TAG",
                    help="warm start from the finished model0 of another train tag (same model and data) "
                         "instead of a fresh initialization, e.g. to train a PSQ or noisy model from a pretrained one")
@@ -83,7 +86,8 @@ def run_train(args: argparse.Namespace) -> None:
                        noise_sigma_psum=args.noise_sigma, noise_table=args.noise_table,
                        adv_train=args.adv_train or None, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
                        chip_train=args.chip_train or None,
-                       init_from=args.init_from, first_layer_digital=args.first_layer_digital or None)
+                       init_from=args.init_from, first_layer_digital=args.first_layer_digital or None,
+                       bn_recal_batches=args.bn_recal)
     _threads(args.workers)
     _check_device(args.device)
     with tqdm(total=cfg.epochs, desc=f"train {args.tag or cfg.model}", unit="epoch", disable=bars_off()) as bar:
@@ -286,6 +290,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--seed", type=int_arg, default=d.seed)
     s.add_argument("--first-layer-digital", action="store_true",
                    help="every cell's image-reading first layer computes digitally (no ADC, no noise)")
+    s.add_argument("--bn-recal", type=int, default=d.bn_recal_batches, metavar="N",
+                   help="every cell re-estimates BatchNorm statistics on N training batches after each epoch (0)")
     s.add_argument("--warm-start", action="store_true",
                    help="every cell starts from its precision's noise-free clean cell (trained first), "
                         "not from scratch")
@@ -305,7 +311,8 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
                            bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
                            substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed,
-                           warm_start=args.warm_start, first_layer_digital=args.first_layer_digital)
+                           warm_start=args.warm_start, first_layer_digital=args.first_layer_digital,
+                           bn_recal_batches=args.bn_recal)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(args.workers, args.scheduler) as ex, \

@@ -117,6 +117,9 @@ class StudyNoiseConfig:
     bfa_attack_batch: int = 128
     bfa_eval_images: int = 1000
     seed: int = 1
+    bn_recal_batches: int = 0
+    """Every cell re-estimates its BatchNorm statistics on this many training batches after each epoch
+    (``TrainConfig.bn_recal_batches``; 0: the running averages, as before it existed)."""
     first_layer_digital: bool = False
     """Every cell's image-reading first layer computes digitally (``ArrayConfig.first_layer_digital``)."""
     warm_start: bool = False
@@ -235,7 +238,8 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
                         psq_encoding=None if cell.psq == "none" else cfg.psq_encoding,
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
-                        lr=cfg.lr, seed=cfg.seed, first_layer_digital=cfg.first_layer_digital or None, **act, **noise,
+                        lr=cfg.lr, seed=cfg.seed, first_layer_digital=cfg.first_layer_digital or None,
+                        bn_recal_batches=cfg.bn_recal_batches, **act, **noise,
                         **adv, **path, **init)
 
 
