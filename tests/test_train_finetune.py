@@ -131,6 +131,21 @@ def test_warm_start_begins_from_the_source_and_follows_its_changes(trained_run, 
     assert again["config_hash"] != warm["config_hash"]
 
 
+def test_bn_recal_reestimates_only_the_batchnorm_statistics(tmp_path, tiny_train):
+    kw = {**tiny_train, "subset": 200, "epochs": 1, "chip_train": True}
+    plain = train(tmp_path / "a", train_config(**kw))
+    recal = train(tmp_path / "b", train_config(**kw, bn_recal_batches=2))
+    assert "bn_recal_batches" not in plain["config"] and recal["config"]["bn_recal_batches"] == 2
+    assert plain["config_hash"] != recal["config_hash"]
+    _, sa = load_checkpoint(tmp_path / "a/train/test_vgg/model0.pt", fix="")
+    _, sb = load_checkpoint(tmp_path / "b/train/test_vgg/model0.pt", fix="")
+    stats = [k for k in sa if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(sa[k], sb[k]) for k in sa if k not in stats and "num_batches" not in k)
+    assert not all(torch.equal(sa[k], sb[k]) for k in stats)  # the weights are the same; their statistics are not
+    with pytest.raises(ConfigError, match="bn_recal_batches"):
+        train_config(**kw, bn_recal_batches=-1)
+
+
 @pytest.mark.parametrize("init_from, tag, words", [("nothing", "warm", "train it first"),
                                                    ("tiny", "tiny", "names the run itself"),
                                                    ("../tiny", "warm", "train tag of the same run folder")])
