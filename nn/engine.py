@@ -15,7 +15,9 @@ Signed weights use differential columns: w = w+ - w-, each non-negative and slic
 ``cell_bits``; by default the positive and negative columns are read by their own ADCs and subtracted
 digitally (every partial sum non-negative, as a current-sensing ADC reads it; a zero weight is two off
 cells; twice the columns). An offset-binary scheme would need a reference column per tile and a
-subtraction before the ADC. With ``ArrayConfig.signed_psum`` the ADC reads the pair's difference instead.
+subtraction before the ADC. With ``ArrayConfig.signed_psum`` the ADC reads the pair's difference instead, and
+with ``ArrayConfig.xnor`` as well the input bits drive +-1 (XNOR-SRAM rows): the ADC reads sum (2x - 1) w and
+:func:`nn.adc.xnor_periphery` adds each tile's weight sum back.
 """
 
 from __future__ import annotations
