@@ -16,12 +16,13 @@ from pipeline.artifacts import ArtifactError
 from pipeline.chip_models import CHIP_MODELS
 from pipeline.chips import ChipsConfig
 from pipeline.cli_nn import bars_off
-from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError
+from pipeline.config import ADC_KINDS, CharacterizeConfig, ConfigError, TrainingDiverged
 from pipeline.executor import usable_cpus
 
 log = logging.getLogger("cimcosim")
 
-_USER_ERRORS = (ConfigError, TechnologyError, NgspiceUnavailable, SimulationError, ArtifactError, ValueError)
+_USER_ERRORS = (ConfigError, TechnologyError, NgspiceUnavailable, SimulationError, ArtifactError, ValueError,
+                TrainingDiverged)
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:

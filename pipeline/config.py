@@ -18,6 +18,10 @@ class ConfigError(ValueError):
     """A configuration value is invalid."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a finite number (the train stage keeps the last finished epoch)."""
+
+
 @dataclass(frozen=True)
 class CharacterizeConfig:
     """Configuration of the SPICE characterization stage."""

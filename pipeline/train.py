@@ -40,7 +40,7 @@ from pipeline.checkpoint import (
     model_header,
     save_checkpoint,
 )
-from pipeline.config import ConfigError, config_hash
+from pipeline.config import ConfigError, TrainingDiverged, config_hash
 from pipeline.datasets import Data, check_spec, load_data
 from pipeline.noise_table import read_noise_table
 from pipeline.paths import RunPaths
@@ -332,9 +332,15 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
         stats = train_steps(model, opt, data.x_train, data.y_train, steps=steps_per_epoch, batch=cfg.batch,
                             generator=gen, lr_at=lambda s: cosine_lr(cfg.lr, s, total),
                             first_step=(epoch - 1) * steps_per_epoch, adv=adv, device=device)
+        loss = float(np.mean([s.loss for s in stats]))
+        if not math.isfinite(loss):  # before anything is saved: state.pt keeps the last finite epoch
+            raise TrainingDiverged(
+                f"train {tag}: the loss became {loss} in epoch {epoch} (training diverged); state.pt keeps epoch "
+                f"{epoch - 1}. Lower --lr, or check the chip settings: a layer whose readings are all one ADC code "
+                "has nothing to learn (benchmarks/psum_stats.py shows where partial sums fall)")
         _recalibrate(model, cfg, data, epoch, device)
         rows.append({"epoch": epoch, "step": epoch * steps_per_epoch,
-                     "loss": float(np.mean([s.loss for s in stats])),
+                     "loss": loss,
                      "train_acc": sum(s.correct for s in stats) / sum(s.n for s in stats),
                      "test_acc": _evaluate(model, cfg, data, epoch, device), "lr": stats[-1].lr, "seconds": timer()})
         logger.info("train %s epoch %d/%d: loss %.4f train_acc %.4f test_acc %.4f (%.0f s)", tag, epoch, cfg.epochs,

@@ -131,6 +131,27 @@ def test_warm_start_begins_from_the_source_and_follows_its_changes(trained_run, 
     assert again["config_hash"] != warm["config_hash"]
 
 
+def test_a_diverged_epoch_stops_training_and_keeps_the_last_finite_one(tmp_path, tiny_train, monkeypatch):
+    import dataclasses
+
+    import pipeline.train as train_mod
+    from pipeline.config import TrainingDiverged
+
+    real = train_mod.train_steps
+    calls = []
+
+    def nan_in_second_epoch(*a, **k):
+        stats = real(*a, **k)
+        calls.append(1)
+        return [dataclasses.replace(st, loss=float("nan")) for st in stats] if len(calls) == 2 else stats
+
+    monkeypatch.setattr(train_mod, "train_steps", nan_in_second_epoch)
+    with pytest.raises(TrainingDiverged, match="epoch 2.*state.pt keeps epoch 1"):
+        train(tmp_path, train_config(**{**tiny_train, "subset": 200, "epochs": 3}))
+    header, _ = load_checkpoint(tmp_path / "train/test_vgg/state.pt", fix="")
+    assert header["epoch"] == 1 and not (tmp_path / "train/test_vgg/model0.pt").exists()
+
+
 def test_bn_recal_reestimates_only_the_batchnorm_statistics(tmp_path, tiny_train):
     kw = {**tiny_train, "subset": 200, "epochs": 1, "chip_train": True}
     plain = train(tmp_path / "a", train_config(**kw))
