@@ -335,9 +335,10 @@ def train(run_dir: Path, cfg: TrainConfig, tag: str | None = None, device: str =
         loss = float(np.mean([s.loss for s in stats]))
         if not math.isfinite(loss):  # before anything is saved: state.pt keeps the last finite epoch
             raise TrainingDiverged(
-                f"train {tag}: the loss became {loss} in epoch {epoch} (training diverged); state.pt keeps epoch "
-                f"{epoch - 1}. Lower --lr, or check the chip settings: a layer whose readings are all one ADC code "
-                "has nothing to learn (benchmarks/psum_stats.py shows where partial sums fall)")
+                f"train {tag}: the loss became {loss} in epoch {epoch} (training diverged); "
+                + (f"state.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch had finished, nothing was saved")
+                + ". Lower --lr, or check the chip settings: a layer whose readings are all one ADC code has nothing "
+                "to learn (benchmarks/psum_stats.py shows where partial sums fall)")
         _recalibrate(model, cfg, data, epoch, device)
         rows.append({"epoch": epoch, "step": epoch * steps_per_epoch,
                      "loss": loss,
