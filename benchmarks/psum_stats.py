@@ -3,10 +3,10 @@
 Seed 000's Table I schemes were set for XNOR-SRAM columns, whose partial sums of +-1 products over 256 rows
 spread over tens of units; bit-serial {0, 1} inputs on differential cells (``--psq-encoding unipolar``) give
 partial sums packed near 0 (an all-zero input plane reads exactly 0); XNOR rows (``xnor``, the default with
-``--psq``: a 0 bit drives -1) read the centred sums the scheme was set for. This prints, per CIM layer, the share of partial sums that are
-exactly 0, their standard deviation, the share inside the scheme's zero band (between the two thresholds
-around 0, all read as one code), and the codes used. Runs the pure-torch reference path without its lookup
-tables and records every ``adc_read`` call.
+``--psq``: a 0 bit drives -1) read the centred sums the scheme was set for. This prints, per CIM layer, the
+share of partial sums that are exactly 0, their standard deviation, the share inside the scheme's zero band
+(between the two thresholds around 0, all read as one code), and the codes used. Runs the pure-torch reference
+path without its lookup tables and records every ``adc_read`` call.
 
     .venv/bin/python benchmarks/psum_stats.py --model0 runs/sn4f6/train/sn_b4_n0_none_std/model0.pt \\
         --psq 3.5bit --images 64
