@@ -130,5 +130,5 @@ def xnor_periphery(readings: torch.Tensor, signed_cells: torch.Tensor, bit_w: to
     periphery adds every tile's column weight sum S and halves, sum over planes and tiles of bit_w * (Q(P) + S)
     / 2 (:attr:`nn.config.ArrayConfig.xnor`); ``signed_cells`` [S, K, N] are the signed cells c+ - c-."""
     w_sum = (signed_cells.to(readings.dtype) * slice_w.to(readings.dtype).view(-1, 1, 1)).sum((0, 1))  # [N]
-    return 0.5 * readings + (0.5 * float(bit_w.sum())) * w_sum
+    return 0.5 * readings + 0.5 * bit_w.to(readings.dtype).sum() * w_sum  # (no host sync on a GPU)
 

@@ -78,6 +78,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from pipeline.train import train, train_config
 
+    if args.psq_encoding is not None and args.psq is None:
+        raise ConfigError("--psq-encoding sets how input-split rows are driven: give it with --psq")
+
     cfg = train_config(args.model, data=args.data, subset=args.subset, test_subset=args.test_subset,
                        epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                        weight_bits=args.weight_bits, input_bits=args.input_bits,

@@ -143,6 +143,9 @@ class StudyNoiseConfig:
             raise ConfigError(f"psq: unknown scheme(s) {sorted(unknown)}; choose from {', '.join(PSQ_NAMES)}")
         if self.psq_encoding not in PSQ_ENCODINGS:
             raise ConfigError(f"psq_encoding={self.psq_encoding!r}: choose from {', '.join(PSQ_ENCODINGS)}")
+        if isinstance(self.bn_recal_batches, bool) or not isinstance(self.bn_recal_batches, int) \
+                or self.bn_recal_batches < 0:
+            raise ConfigError(f"bn_recal_batches={self.bn_recal_batches!r} must be an integer >= 0")
         if not (isinstance(self.eps, float | int) and 0 < self.eps <= 1):
             raise ConfigError(f"eps={self.eps!r} must be in (0, 1] (L-inf on [0, 1] images)")
         if not self.adv_train:

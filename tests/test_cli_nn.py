@@ -43,6 +43,8 @@ def _ft(run, *extra):
     (["train", "--model", "test_vgg", "--data", "cifar10:/no/such/folder"], "CIFAR-10 folder /no/such/folder"),
     (["train", "--model", "test_vgg", "--weight-bits", "9"], "weight_bits=9"),
     (["train", "--model", "vgg8", "--subset", "4", "--epochs", "1"], "does not fit fashion-mnist images"),
+    (["train", "--model", "test_vgg", "--psq-encoding", "unipolar"], "give it with --psq"),
+    (["train", "--model", "test_vgg", "--bn-recal", "-2"], "bn_recal_batches=-2"),
 ])
 def test_train_bad_input(capsys, tmp_path, argv, needle):
     code, line = _err(capsys, [argv[0], "--run-dir", str(tmp_path / "r"), *argv[1:]])

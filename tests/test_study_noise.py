@@ -130,6 +130,7 @@ def test_figure_tables_average_over_runs():
     (["--eps", "0"], "eps=0.0 must be in (0, 1]"),
     (["--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
     (["--first-input-bits", "9"], "first_input_bits=9 must be an integer in 1..8"),
+    (["--bn-recal", "-1"], "bn_recal_batches=-1 must be an integer >= 0"),
     (["--noise-table", "__ROWS__"], "sum to 1"),
     (["--noise-table", str(EXAMPLE), "--psq", "none"], "study-noise cell"),  # a 1-bit-PSQ table on a 5-bit ADC
 ])
