@@ -294,7 +294,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--first-layer-digital", action="store_true",
                    help="every cell's image-reading first layer computes digitally (no ADC, no noise)")
     s.add_argument("--bn-recal", type=int, default=d.bn_recal_batches, metavar="N",
-                   help="every cell re-estimates BatchNorm statistics on N training batches after each epoch (0)")
+                   help="every cell re-estimates BatchNorm statistics on N training batches after each epoch "
+                        "(default: 4 for --psq cells, 0 for the rest)")
     s.add_argument("--warm-start", action="store_true",
                    help="every cell starts from its precision's noise-free clean cell (trained first), "
                         "not from scratch")

@@ -14,7 +14,7 @@ from nn.convert import cim_layers
 from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.plots_noise import figure_tables, table2_markdown
-from pipeline.study_noise import Cell, StudyNoiseConfig, cell_key, cells, train_cfg
+from pipeline.study_noise import PSQ_BN_RECAL, Cell, StudyNoiseConfig, cell_key, cells, train_cfg
 
 EXAMPLE = Path(__file__).parents[1] / "pipeline" / "examples" / "noise_table_psq1bit_synthetic.csv"
 
@@ -60,6 +60,17 @@ def test_each_cell_trains_what_it_names():
         assert t.noise_sigma_psum == float(c.noise) and t.adv_train == c.adv
         assert t.psq == (None if c.psq == "none" else c.psq)
         assert t.act == ("relu" if c.bits == 1 else "celu")  # binary activations are {0, 1}
+
+
+def test_psq_cells_reestimate_batchnorm_by_default_and_the_rest_keep_their_keys():
+    cfg = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0,), psq=("none", "3.5bit"))
+    none, psq = Cell(4, "0", "none", False), Cell(4, "0", "3.5bit", False)
+    assert train_cfg(cfg, psq).bn_recal_batches == PSQ_BN_RECAL > 0
+    assert "bn_recal_batches" not in train_cfg(cfg, none).to_dict()  # cells made before the option keep their keys
+    every = replace(cfg, bn_recal_batches=2)  # an explicit setting reaches every cell, 0 included
+    assert train_cfg(every, none).bn_recal_batches == train_cfg(every, psq).bn_recal_batches == 2
+    assert train_cfg(replace(cfg, bn_recal_batches=0), psq).bn_recal_batches == 0
+    assert cell_key(every, none) != cell_key(cfg, none)
 
 
 def test_first_input_bits_reaches_every_cell_and_leaves_old_keys_alone():
