@@ -114,8 +114,13 @@ def _run_dir(run_dir: Path, tag: str) -> Path:
     return Path(run_dir) / "bfa" / tag
 
 
-def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dict[str, Any]:
-    """One run (executor task): BFA and the random baseline on fresh copies of model0."""
+def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int, replay_key: str = "") -> dict[str, Any]:
+    """One run (executor task): BFA and the random baseline on fresh copies of model0.
+
+    The BFA flips an earlier run of the same attack recorded (``replay_key``: every setting but the stopping
+    rule) are replayed first, from an interrupted run's partial file or a finished run with another
+    ``max_flips`` / ``target_acc``: each step's choice does not depend on when the attack stops, so a run raised
+    from 40 to 80 flips computes only flips 41-80 (the random baseline is redone)."""
     torch.set_num_threads(threads)
     paths = RunPaths(Path(run_dir))
     ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_BFA, r))
@@ -140,7 +145,9 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
 
     attacked = copy.deepcopy(model)
     partial = _run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.partial.json"
-    recorded = _resumable_flips(partial, key)  # an interrupted run: its BFA flips so far, replayed
+    finished = _run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.json"
+    recorded = max(_resumable_flips(partial, key, replay_key), _resumable_flips(finished, key, replay_key),
+                   key=len)[:cfg.max_flips]  # the longest record of this attack's flips so far, replayed
     if recorded:
         try:
             stored = StoredBits(attacked)
@@ -168,7 +175,7 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
     attack = BFA(left, cfg.target_acc, candidates=cfg.candidates) if left > 0 else None
 
     def save_step() -> None:  # every step's flips are on disk before the next step: an interrupt loses one step
-        write_json(partial, {"key": key, "flips": flips})
+        write_json(partial, {"key": key, "replay_key": replay_key, "flips": flips})
 
     n, acc, reached = (attack.run(attacked, x, y, evaluate, record("bfa"), save_step) if attack
                        else (0, evaluate(attacked), False))
@@ -186,7 +193,7 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
                  "reached": acc <= cfg.target_acc})
     for row in rows:
         row.update(path="chip" if chip else "digital", noise_sigma_psum=cfg.noise_sigma_psum)
-    out = {"key": key, "rows": rows, "flips": flips}
+    out = {"key": key, "replay_key": replay_key, "rows": rows, "flips": flips}
     write_json(_run_dir(Path(run_dir), cfg.tag) / "runs" / f"run_{r}.json", out)
     partial.unlink(missing_ok=True)
     logger.info("bfa %s run %d: BFA %d flips -> %.4f; random %d flips -> %.4f", cfg.tag, r, n, rows[0]["acc_after"],
@@ -194,8 +201,9 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int) -> dic
     return out
 
 
-def _resumable_flips(path: Path, key: str) -> list[dict[str, Any]]:
-    """The BFA flips an interrupted run of these settings recorded (none if it did not, or they do not match)."""
+def _resumable_flips(path: Path, key: str, replay_key: str = "") -> list[dict[str, Any]]:
+    """The BFA flips a run of this attack recorded in ``path`` (a partial or a finished run's file; none if it did
+    not, or its settings differ in more than the stopping rule)."""
     if not path.is_file():
         return []
     try:
@@ -203,7 +211,9 @@ def _resumable_flips(path: Path, key: str) -> list[dict[str, Any]]:
     except ArtifactError as exc:
         logger.warning("%s", exc)
         return []
-    return list(doc.get("flips", [])) if doc.get("key") == key else []
+    if doc.get("key") != key and not (replay_key and doc.get("replay_key") == replay_key):
+        return []
+    return [f for f in doc.get("flips", []) if f.get("method", "bfa") == "bfa"]
 
 
 CELLS_VERSION = 2
@@ -224,6 +234,8 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     if chip:  # the chip reads flipped cells as stored (see nn.attacks.bfa): earlier chip-path runs are redone
         settings["cells"] = CELLS_VERSION
     key = config_hash({"bfa": settings, "model0": header["sha256"]})
+    replay_key = config_hash({"bfa": {k: v for k, v in settings.items() if k not in ("max_flips", "target_acc")},
+                              "model0": header["sha256"]})
     out_dir = _run_dir(Path(run_dir), cfg.tag)
     threads = threads_per_worker(workers)
     done: dict[int, dict[str, Any]] = {}
@@ -238,7 +250,7 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
                     continue
             except ArtifactError as exc:
                 logger.warning("%s", exc)
-        pending[executor.submit(bfa_run, str(run_dir), cfg, r, key, threads)] = r
+        pending[executor.submit(bfa_run, str(run_dir), cfg, r, key, threads, replay_key)] = r
     for future in as_completed(pending):
         done[pending[future]] = future.result()
     results = pd.DataFrame([row for r in sorted(done) for row in done[r]["rows"]])

@@ -188,6 +188,46 @@ def test_interrupted_bfa_run_resumes_from_its_last_flip(trained_run, tmp_path, m
     assert not partial.exists()
 
 
+def test_a_finished_run_raised_to_more_flips_computes_only_the_new_ones(trained_run, tmp_path, monkeypatch):
+    """--max-flips 5 after --max-flips 2: the two recorded flips are replayed, only the rest is searched, and the
+    outcome equals a run made with 5 from the start; --max-flips 1 afterwards replays one flip and searches none."""
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.bfa import BFAConfig, bfa
+    from pipeline.executor import InlineExecutor
+
+    cfg = BFAConfig(tag="tiny", runs=1, attack_batch=32, max_flips=5, target_acc=0.0, eval_images=100)
+    runs = {}
+    for name in ("whole", "raised"):
+        runs[name] = tmp_path / name
+        shutil.copytree(trained_run, runs[name], ignore=shutil.ignore_patterns("finetune", "attack", "bfa"))
+    calls = {"n": 0}
+    real_step = BFA.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(BFA, "step", step)
+    whole = bfa(runs["whole"], cfg, InlineExecutor())
+    whole_steps, calls["n"] = calls["n"], 0
+    bfa(runs["raised"], BFAConfig(**{**cfg.__dict__, "max_flips": 2}), InlineExecutor())
+    assert calls["n"] == 2
+    calls["n"] = 0
+    raised = bfa(runs["raised"], cfg, InlineExecutor())
+    assert whole_steps == 5 and calls["n"] == 3
+    pd.testing.assert_frame_equal(raised, whole)
+    pd.testing.assert_frame_equal(pd.read_parquet(runs["raised"] / "bfa/tiny/flips.parquet"),
+                                  pd.read_parquet(runs["whole"] / "bfa/tiny/flips.parquet"))
+    calls["n"] = 0
+    lowered = bfa(runs["raised"], BFAConfig(**{**cfg.__dict__, "max_flips": 1}), InlineExecutor())
+    bfa_row = lowered[lowered.method == "bfa"].iloc[0]
+    first = pd.read_parquet(runs["whole"] / "bfa/tiny/flips.parquet").query("method == 'bfa'").iloc[0]
+    assert calls["n"] == 0 and bfa_row.flips == 1 and bfa_row.acc_after == pytest.approx(first.acc)
+
+
 def test_replay_flips_the_recorded_bit_and_rejects_what_does_not_fit(victim):
     from nn.attacks import AttackError
 
