@@ -156,9 +156,17 @@ class QuantConfig:
     Binary networks conventionally feed the image at 8 bits (XNOR-Net, Rastegari et al. 2016): at
     ``input_bits=1`` the image itself is thresholded, which is input binarization, a defence of its own.
     :func:`nn.convert.convert` gives that layer ``input_bits=first_input_bits``; the weights keep their bits."""
+    psum_ste_window: float = 0.0
+    """Gradient of the chip forward in training (forward values never change). 0: straight through the whole
+    readout, the digital layer's gradient. W > 0: a windowed straight-through estimator, the partial-sum analogue of
+    a hard tanh: each row tile's digital dot product is weighted by the share of its readings whose partial sum lies
+    within W of the ADC's threshold span (:func:`nn.engine.reading_share`); readings clipped to an end level pass
+    none. Meant for coarse partial-sum quantization (a 1-bit reading is clipped everywhere but near 0)."""
 
     def __post_init__(self) -> None:
         _positive_int("weight_bits", self.weight_bits)
+        if not (math.isfinite(self.psum_ste_window) and self.psum_ste_window >= 0):
+            raise CIMConfigError(f"psum_ste_window={self.psum_ste_window!r} must be finite and >= 0")
         _positive_int("input_bits", self.input_bits)
         if self.first_input_bits is not None:
             _positive_int("first_input_bits", self.first_input_bits)

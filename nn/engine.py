@@ -200,6 +200,54 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     return out
 
 
+def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, window: float) -> torch.Tensor:
+    """[B, N, T]: of every output's readings in row tile t (bit-planes x weight slices x polarities, each counted by
+    its significance |plane weight x slice weight|), the share whose ideal partial sum lies within ``window`` of the
+    ADC's threshold span [first threshold - window, last threshold + window] (static chip shifts not included).
+
+    The gradient weight of a windowed straight-through estimator (:attr:`nn.config.QuantConfig.psum_ste_window`):
+    a reading outside that span sits on the ADC's end level, and a small change of its partial sum does not move
+    it, as a hard tanh passes no gradient outside [-1, 1]. Computed on the reference path (one batched matmul
+    per chunk, the chip's own partial sums), without gradient."""
+    adc, array, quant = cfg.adc, cfg.array, cfg.quant
+    n_slices, _, k, n = cells.shape
+    rows, dev, dt = array.rows, x_int.device, x_int.dtype
+    tiles = math.ceil(k / rows)
+    pad = tiles * rows - k
+    x_int, cells = x_int.detach(), cells.to(dt)
+    if pad:
+        x_int = torch.nn.functional.pad(x_int, (0, pad))
+        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
+    if array.signed_psum:
+        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)
+    n_pol = cells.shape[1]
+    cols = n_slices * n_pol * n
+    w = cells.reshape(n_slices * n_pol, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols)
+    thr, _, _ = adc_tables(adc, *cfg.psum_range, dev, dt)
+    lo, hi = float(thr.min()) - window, float(thr.max()) + window
+    slice_w = 2.0 ** (array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
+    col_w = slice_w.repeat_interleave(n_pol * n)  # [C]: (slice, polarity, column) order
+    if quant.input_mode == "bit_serial":
+        bit_w = 2.0 ** torch.arange(quant.input_bits, device=dev, dtype=dt)
+        if quant.input_signed:
+            x_int = torch.remainder(x_int, 2**quant.input_bits)
+    else:
+        bit_w = torch.ones(1, device=dev, dtype=dt)
+    n_planes = bit_w.numel()
+    total = float(bit_w.sum()) * col_w.view(n_slices * n_pol, n).sum(0)  # [N]
+    b = x_int.shape[0]
+    m = min(b, chunk_rows(tiles, n_planes, cols, cfg.runtime.chunk_elements))
+    out = torch.empty(b, n, tiles, device=dev, dtype=dt)
+    for start in range(0, b, m):
+        xt = x_int[start:start + m].reshape(-1, tiles, rows).transpose(0, 1)  # [T, m, R]
+        psum = torch.bmm(_planes(xt, n_planes, False, array.xnor), w)  # [T, P * m, C]
+        inside = ((psum >= lo) & (psum <= hi)).to(dt) * col_w
+        per_plane = inside.view(tiles, n_planes, -1, cols) * bit_w.view(1, n_planes, 1, 1)
+        share = per_plane.sum(1).view(tiles, -1, n_slices * n_pol, n).sum(2)  # [T, m, N]
+        out[start:start + m] = (share / total).permute(1, 2, 0)
+    return out
+
+
 def _table_chunk(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor, cdf: torch.Tensor,
                  lev: torch.Tensor, lo: int, generator: torch.Generator | None, xnor: bool) -> torch.Tensor:
     """Measured-noise readout of one chunk: every reading is a code drawn from P(code | ideal psum)."""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from nn import fused
 from nn.adc import adc_tables
 from nn.config import CIMConfig, CIMConfigError
-from nn.engine import cim_matmul, magnitude_cells, weight_cells, weight_slices
+from nn.engine import cim_matmul, magnitude_cells, reading_share, weight_cells, weight_slices
 from nn.quant import quantize_input, quantize_weight, weight_scale
 
 _CIM_STATE = ("adc_shift", "act_max")  # state a CIM layer adds to its torch twin
@@ -188,15 +188,31 @@ class _CIMMixin:
         x_int, sx, w_int, sw = self.quantize(x2d)
         return self.chip_matmul(x_int, w_int), x_int @ w_int.t(), sx * sw
 
+    def _windowed(self, rows: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+        """[B, N]: every row tile's digital dot product of ``rows`` [B, K] and ``w_int`` [N, K], weighted by the share
+        of its readings inside the ADC's window (``quant.psum_ste_window``): the gradient path of the windowed
+        straight-through estimator; its value is never used."""
+        cfg = self.cim_config
+        share = reading_share(rows, self._cells(w_int), cfg, cfg.quant.psum_ste_window)  # [B, N, T]
+        tiles, r = share.shape[-1], cfg.array.rows
+        pad = tiles * r - self._k
+        xp = F.pad(rows, (0, pad)).reshape(-1, tiles, r)
+        wp = F.pad(w_int, (0, pad)).reshape(self._n, tiles, r)
+        return (torch.einsum("btr,ntr->bnt", xp, wp) * share).sum(-1)
+
     def _on_chip(self, ideal: Callable[[], torch.Tensor], chip: Callable[[], torch.Tensor],
-                 *inputs: torch.Tensor) -> torch.Tensor:
+                 *inputs: torch.Tensor, windowed: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
         """Forward value of the chip, gradient of the digital layer (straight through); digital mode skips the
         chip, and a forward that no gradient can reach (no grad mode, or no input needing one) skips the
-        digital layer: both are integer-valued, so ``ideal + (chip - ideal)`` is ``chip`` exactly."""
+        digital layer: both are integer-valued, so ``ideal + (chip - ideal)`` is ``chip`` exactly. With
+        ``quant.psum_ste_window`` the gradient is ``windowed``'s instead, added as ``g - g.detach()`` (exactly 0)."""
         if self.digital:
             return ideal()
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             return chip()
+        if windowed is not None and self.cim_config.quant.psum_ste_window > 0:
+            g = windowed()
+            return chip() + (g - g.detach())
         y_ideal = ideal()
         return y_ideal + (chip() - y_ideal).detach()
 
@@ -218,7 +234,8 @@ class CIMLinear(_CIMMixin, torch.nn.Linear):
             raise CIMConfigError(f"CIMLinear: input has {x.shape[-1]} features, expected {self._k}")
         lead = x.shape[:-1]
         x_int, sx, w_int, sw = self.quantize(x.reshape(-1, x.shape[-1]))
-        y = self._on_chip(lambda: x_int @ w_int.t(), lambda: self.chip_matmul(x_int, w_int), x_int, w_int) * (sx * sw)
+        y = self._on_chip(lambda: x_int @ w_int.t(), lambda: self.chip_matmul(x_int, w_int), x_int, w_int,
+                          windowed=lambda: self._windowed(x_int, w_int)) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -273,7 +290,15 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
             y_cim = self.chip_matmul(cols.transpose(1, 2).reshape(-1, self._k), w_int)
             return y_cim.reshape(b, ho * wo, n).transpose(1, 2).reshape(b, n, ho, wo)
 
-        y = self._on_chip(digital, chip, x_int, w_int) * (sx * sw)
+        def windowed() -> torch.Tensor:
+            cols = F.unfold(x_int, self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
+            b, n = x.shape[0], self.out_channels
+            y = self._windowed(cols.transpose(1, 2).reshape(-1, self._k), w_int)
+            return y.reshape(b, -1, n).transpose(1, 2).reshape(b, n, *digital_shape)
+
+        digital_shape = tuple(_out_size(x.shape[2 + d], self.kernel_size[d], self.stride[d], pad[d], self.dilation[d])
+                              for d in (0, 1))
+        y = self._on_chip(digital, chip, x_int, w_int, windowed=windowed) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y

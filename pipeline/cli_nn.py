@@ -52,6 +52,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--psq-encoding", choices=["xnor", "unipolar"], default=None,
                    help="input-split rows: a 0 bit drives -1 (xnor, default; Table I's centred partial sums) or "
                         "leaves the row off (unipolar, the control)")
+    t.add_argument("--psq-ste-window", type=float, default=None, metavar="W",
+                   help="input-split gradient: weight each row tile by the share of its readings within W partial "
+                        "sums of the scheme's thresholds (a hard-tanh-like estimator; default 0: straight through)")
     t.add_argument("--rows", type=int_arg, default=None, help="rows per sub-array (128; 256 with --psq)")
     t.add_argument("--act", choices=["relu", "celu"], default=None)
     noise = t.add_mutually_exclusive_group()
@@ -80,12 +83,15 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.psq_encoding is not None and args.psq is None:
         raise ConfigError("--psq-encoding sets how input-split rows are driven: give it with --psq")
+    if args.psq_ste_window is not None and args.psq is None:
+        raise ConfigError("--psq-ste-window shapes the gradient of input-split readouts: give it with --psq")
 
     cfg = train_config(args.model, data=args.data, subset=args.subset, test_subset=args.test_subset,
                        epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                        weight_bits=args.weight_bits, input_bits=args.input_bits,
                        first_input_bits=args.first_input_bits, adc_bits=args.adc_bits,
-                       psq=args.psq, psq_encoding=args.psq_encoding, rows=args.rows, act=args.act,
+                       psq=args.psq, psq_encoding=args.psq_encoding, psq_ste_window=args.psq_ste_window,
+                       rows=args.rows, act=args.act,
                        noise_sigma_psum=args.noise_sigma, noise_table=args.noise_table,
                        adv_train=args.adv_train or None, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
                        chip_train=args.chip_train or None,

@@ -121,6 +121,10 @@ class TrainConfig:
     """How the input-split (``psq``) rows are driven: 'xnor' (a 0 bit drives -1, the partial sum is centred on zero as
     Table I's thresholds assume; ``ArrayConfig.xnor``) or 'unipolar' (a 0 bit leaves the row off, partial sums
     sum x * w of {0, 1} bit-planes: the encoding before 2026-12-03, kept as the control)."""
+    psq_ste_window: float = 0.0
+    """Gradient of the input-split readout (needs ``psq``): 0 straight through the whole readout (the digital layer's
+    gradient); W > 0 the windowed straight-through estimator (``QuantConfig.psum_ste_window``): each row tile's
+    gradient weighted by the share of its readings within W partial sums of the scheme's threshold span."""
     noise_sigma_psum: float = 0.0
     """Per-inference Gaussian noise on every partial sum, in partial-sum units (one on-cell = 1), in training
     and test (seed 000's noise-aware training)."""
@@ -185,6 +189,11 @@ class TrainConfig:
             raise ConfigError(f"psq={self.psq!r}: choose from {list(PSQ_SCHEMES)}")
         if self.psq_encoding not in PSQ_ENCODINGS:
             raise ConfigError(f"psq_encoding={self.psq_encoding!r}: choose from {list(PSQ_ENCODINGS)}")
+        if not (isinstance(self.psq_ste_window, float | int) and math.isfinite(self.psq_ste_window)
+                and self.psq_ste_window >= 0):
+            raise ConfigError(f"psq_ste_window={self.psq_ste_window!r} must be a number >= 0 (partial-sum units)")
+        if self.psq_ste_window and self.psq is None:
+            raise ConfigError("psq_ste_window shapes the gradient of input-split readouts: give it with psq")
         if not (math.isfinite(self.noise_sigma_psum) and self.noise_sigma_psum >= 0):
             raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
         if self.noise_sigma_psum > 0 and self.noise_table is not None:
@@ -210,7 +219,8 @@ class TrainConfig:
             adc = ADCConfig.scheme(self.psq) if self.psq else ADCConfig(bits=self.adc_bits)
             adc = replace(adc, kind=self.adc_kind, noise_sigma=self.noise_sigma_psum, noise_table=table)
             quant = QuantConfig(weight_bits=self.weight_bits, input_bits=self.input_bits,
-                                input_signed=self.act == "celu", first_input_bits=self.first_input_bits)
+                                input_signed=self.act == "celu", first_input_bits=self.first_input_bits,
+                                psum_ste_window=float(self.psq_ste_window))
             array = ArrayConfig(rows=self.rows, signed_psum=self.psq is not None,
                                 xnor=self.psq is not None and self.psq_encoding == "xnor",
                                 first_layer_digital=self.first_layer_digital)
@@ -219,11 +229,12 @@ class TrainConfig:
             raise ConfigError(f"invalid CIM settings: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``first_input_bits``, ``init_from``, ``first_layer_digital``, ``bn_recal_batches`` only
-        when set, and ``psq_encoding`` only with ``psq``, so runs from before they existed keep their hash
-        (input-split runs hash the encoding: those from before it existed were unipolar and retrain)."""
+        """Every field; ``first_input_bits``, ``init_from``, ``first_layer_digital``, ``bn_recal_batches``,
+        ``psq_ste_window`` only when set, and ``psq_encoding`` only with ``psq``, so runs from before they existed
+        keep their hash (input-split runs hash the encoding: those from before it existed were unipolar and
+        retrain)."""
         d = asdict(self)
-        for name in ("first_input_bits", "init_from", "first_layer_digital", "bn_recal_batches"):
+        for name in ("first_input_bits", "init_from", "first_layer_digital", "bn_recal_batches", "psq_ste_window"):
             if d[name] is None or d[name] is False or d[name] == 0:
                 del d[name]
         if self.psq is None:
