@@ -299,6 +299,8 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--seed", type=int_arg, default=d.seed)
     s.add_argument("--first-layer-digital", action="store_true",
                    help="every cell's image-reading first layer computes digitally (no ADC, no noise)")
+    s.add_argument("--psq-ste-window", type=float, default=d.psq_ste_window, metavar="W",
+                   help="the --psq cells' gradient: the windowed straight-through estimator of `train` (0: off)")
     s.add_argument("--bn-recal", type=int, default=d.bn_recal_batches, metavar="N",
                    help="every cell re-estimates BatchNorm statistics on N training batches after each epoch "
                         "(default: 4 for --psq cells, 0 for the rest)")
@@ -322,6 +324,7 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
                            substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed,
                            warm_start=args.warm_start, first_layer_digital=args.first_layer_digital,
+                           psq_ste_window=args.psq_ste_window,
                            bn_recal_batches=args.bn_recal)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")

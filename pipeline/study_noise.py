@@ -122,6 +122,8 @@ class StudyNoiseConfig:
     (``TrainConfig.bn_recal_batches``; 0: the running averages). None: the partial-sum-quantized cells
     re-estimate on ``PSQ_BN_RECAL`` batches, the others keep the running averages (their cells, and hashes,
     as before the option existed)."""
+    psq_ste_window: float = 0.0
+    """The partial-sum-quantized cells' gradient (``TrainConfig.psq_ste_window``; 0: straight through)."""
     first_layer_digital: bool = False
     """Every cell's image-reading first layer computes digitally (``ArrayConfig.first_layer_digital``)."""
     warm_start: bool = False
@@ -148,6 +150,9 @@ class StudyNoiseConfig:
         if self.bn_recal_batches is not None and (isinstance(self.bn_recal_batches, bool) or not isinstance(
                 self.bn_recal_batches, int) or self.bn_recal_batches < 0):
             raise ConfigError(f"bn_recal_batches={self.bn_recal_batches!r} must be an integer >= 0")
+        if not (isinstance(self.psq_ste_window, float | int) and math.isfinite(self.psq_ste_window)
+                and self.psq_ste_window >= 0):
+            raise ConfigError(f"psq_ste_window={self.psq_ste_window!r} must be a number >= 0 (partial-sum units)")
         if not (isinstance(self.eps, float | int) and 0 < self.eps <= 1):
             raise ConfigError(f"eps={self.eps!r} must be in (0, 1] (L-inf on [0, 1] images)")
         if not self.adv_train:
@@ -257,6 +262,7 @@ def train_cfg(cfg: StudyNoiseConfig, cell: Cell) -> Any:
                         first_input_bits=cfg.first_input_bits,
                         psq=None if cell.psq == "none" else cell.psq, adv_train=cell.adv,
                         psq_encoding=None if cell.psq == "none" else cfg.psq_encoding,
+                        psq_ste_window=None if cell.psq == "none" else float(cfg.psq_ste_window),
                         subset=cfg.subset, test_subset=cfg.test_subset, epochs=cfg.epochs, batch=cfg.batch,
                         lr=cfg.lr, seed=cfg.seed, first_layer_digital=cfg.first_layer_digital or None,
                         bn_recal_batches=bn_recal(cfg, cell), **act, **noise,

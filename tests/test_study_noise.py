@@ -71,6 +71,9 @@ def test_psq_cells_reestimate_batchnorm_by_default_and_the_rest_keep_their_keys(
     assert train_cfg(every, none).bn_recal_batches == train_cfg(every, psq).bn_recal_batches == 2
     assert train_cfg(replace(cfg, bn_recal_batches=0), psq).bn_recal_batches == 0
     assert cell_key(every, none) != cell_key(cfg, none)
+    ste = replace(cfg, psq_ste_window=12.0)  # the estimator reaches the PSQ cells only
+    assert train_cfg(ste, psq).psq_ste_window == 12.0 and train_cfg(ste, none) == train_cfg(cfg, none)
+    assert "psq_ste_window" not in train_cfg(cfg, psq).to_dict()
 
 
 def test_first_input_bits_reaches_every_cell_and_leaves_old_keys_alone():
@@ -142,6 +145,7 @@ def test_figure_tables_average_over_runs():
     (["--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
     (["--first-input-bits", "9"], "first_input_bits=9 must be an integer in 1..8"),
     (["--bn-recal", "-1"], "bn_recal_batches=-1 must be an integer >= 0"),
+    (["--psq-ste-window", "-2"], "psq_ste_window=-2.0 must be a number >= 0"),
     (["--noise-table", "__ROWS__"], "sum to 1"),
     (["--noise-table", str(EXAMPLE), "--psq", "none"], "study-noise cell"),  # a 1-bit-PSQ table on a 5-bit ADC
 ])
