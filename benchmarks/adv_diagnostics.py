@@ -1,7 +1,7 @@
 """Is a trained model's adversarial accuracy robustness, label leaking or a BatchNorm-statistics artefact?
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
-     [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute]
+     [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=3, help="random starts of the margin-loss PGD")
     ap.add_argument("--no-probes", action="store_true", help="only the strongest-attack section")
     ap.add_argument("--substitute", action="store_true", help="add the noise study's black-box attack")
+    ap.add_argument("--ste-window", type=float, default=0.0, metavar="W",
+                    help="add white-box PGD whose gradient is the windowed straight-through estimator of the "
+                         "partial-sum readout (QuantConfig.psum_ste_window = W): another BPDA surrogate")
     args = ap.parse_args()
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
         ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
@@ -96,6 +100,19 @@ def main() -> None:
     scored("PGD, cross-entropy, 10 steps", wb(PGD(eps, alpha, 10, seed=1))(model, x, y))
     scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts",
            wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
+    if args.ste_window > 0:
+        kept = [(layer, layer.cim_config) for layer in cim_layers(model)]
+        for layer, c in kept:
+            layer.cim_config = replace(c, quant=replace(c.quant, psum_ste_window=args.ste_window))
+        try:
+            scored(f"PGD through the windowed estimator (W {args.ste_window:g}), cross-entropy, 10 steps",
+                   wb(PGD(eps, alpha, 10, seed=7))(model, x, y))
+            scored(f"PGD through the windowed estimator (W {args.ste_window:g}), margin, 50 steps, "
+                   f"{args.restarts} restarts",
+                   wb(PGD(eps, alpha / 2, 50, seed=8, loss="margin", restarts=args.restarts))(model, x, y))
+        finally:
+            for layer, c in kept:
+                layer.cim_config = c
     set_digital(model, True)
     try:
         twin_ce = PGD(eps, alpha, 10, seed=3)(model, x, y)
