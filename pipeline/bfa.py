@@ -275,7 +275,8 @@ def _plot(results: pd.DataFrame, flips: pd.DataFrame, path: Path, cfg: BFAConfig
                 label=method if run == flips.run.min() else None)
     ax.axhline(cfg.target_acc, color="k", ls=":", lw=1)
     ax.set(xlabel="bit flips", ylabel="test accuracy", title=f"BFA vs random flips: {cfg.tag}")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run that starts at the target flips nothing: no lines to name
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
