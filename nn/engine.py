@@ -118,6 +118,36 @@ def chunk_rows(tiles: int, n_planes: int, cols: int, chunk_elements: int) -> int
     return max(1, chunk_elements // (tiles * n_planes * cols))
 
 
+def _layout(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference path's view of one layer: (x_int [B, T * R] zero-padded to whole tiles, as the bit pattern the
+    rows see (two's complement for signed inputs); cells [S, P, T * R, N] padded alike, the pair's difference
+    (P = 1) with ``array.signed_psum``; w [T, R, C] every tile's rows against every (slice, polarity, column) at
+    once, in x's dtype; slice_w [S] the slices' significance; bit_w [planes] each input plane's digital weight,
+    the MSB negative for signed inputs (one plane of weight 1 for multi-level inputs))."""
+    array, quant = cfg.array, cfg.quant
+    n_slices, _, k, n = cells.shape
+    rows, dev, dt = array.rows, x_int.device, x_int.dtype
+    tiles = math.ceil(k / rows)
+    pad = tiles * rows - k
+    if pad:
+        x_int = torch.nn.functional.pad(x_int, (0, pad))
+        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
+    if array.signed_psum:
+        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)  # [S, 1, K, N]: the pair's difference
+    n_pol = cells.shape[1]
+    w = cells.reshape(n_slices * n_pol, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, -1).to(dt)
+    slice_w = 2.0 ** (array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
+    if quant.input_mode == "bit_serial":
+        bit_w = 2.0 ** torch.arange(quant.input_bits, device=dev, dtype=dt)
+        if quant.input_signed:
+            x_int = torch.remainder(x_int, 2**quant.input_bits)  # two's-complement bit pattern
+            bit_w[-1] = -bit_w[-1]
+    else:
+        bit_w = torch.ones(1, device=dev, dtype=dt)
+    return x_int, cells, w, slice_w, bit_w
+
+
 def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None = None,
                generator: torch.Generator | None = None, table_cache: dict | None = None) -> torch.Tensor:
     """y[B, N] = sum over bit-planes, tiles, slices, polarities of the ADC readings, shifted and added.
@@ -134,33 +164,16 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     """
     if fused.usable(cfg, x_int):
         return fused.cim_matmul_fused(x_int, cells, cfg, shift, generator, table_cache)
-    adc, array, quant = cfg.adc, cfg.array, cfg.quant
-    n_slices, _, k, n = cells.shape
-    rows, dev, dt = array.rows, x_int.device, x_int.dtype
-    tiles = math.ceil(k / rows)
-    pad = tiles * rows - k
-    if pad:
-        x_int = torch.nn.functional.pad(x_int, (0, pad))
-        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
-    if array.signed_psum:
-        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)  # [S, 1, K, N]: the pair's difference
-    n_pol = cells.shape[1]
-    cols = n_slices * n_pol * n
-    # [T, R, C]: every tile's rows against every slice/polarity/column at once
-    w = cells.reshape(n_slices * n_pol, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols).to(dt)
+    adc, array = cfg.adc, cfg.array
+    x_int, cells, w, slice_w, bit_w = _layout(x_int, cells, cfg)
+    n_slices, n_pol, _, n = cells.shape
+    tiles, rows, cols = w.shape
+    dev, dt = x_int.device, x_int.dtype
     lo, hi = cfg.psum_range
     n_p = hi - lo + 1
     thr, lev, step = adc_tables(adc, lo, hi, dev, dt)
-    slice_w = 2.0 ** (array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
     sign = torch.tensor([1.0, -1.0][:n_pol], device=dev, dtype=dt)
     col_w = (slice_w[:, None, None] * sign[None, :, None]).expand(n_slices, n_pol, n).reshape(cols)
-    if quant.input_mode == "bit_serial":
-        bit_w = 2.0 ** torch.arange(quant.input_bits, device=dev, dtype=dt)
-        if quant.input_signed:
-            x_int = torch.remainder(x_int, 2**quant.input_bits)  # two's-complement bit pattern
-            bit_w[-1] = -bit_w[-1]
-    else:
-        bit_w = torch.ones(1, device=dev, dtype=dt)
     flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = None
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
@@ -209,38 +222,22 @@ def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, wind
     a reading outside that span sits on the ADC's end level, and a small change of its partial sum does not move
     it, as a hard tanh passes no gradient outside [-1, 1]. Computed on the reference path (one batched matmul
     per chunk, the chip's own partial sums), without gradient."""
-    adc, array, quant = cfg.adc, cfg.array, cfg.quant
-    n_slices, _, k, n = cells.shape
-    rows, dev, dt = array.rows, x_int.device, x_int.dtype
-    tiles = math.ceil(k / rows)
-    pad = tiles * rows - k
-    x_int, cells = x_int.detach(), cells.to(dt)
-    if pad:
-        x_int = torch.nn.functional.pad(x_int, (0, pad))
-        cells = torch.nn.functional.pad(cells, (0, 0, 0, pad))
-    if array.signed_psum:
-        cells = (cells[:, 0] - cells[:, 1]).unsqueeze(1)
-    n_pol = cells.shape[1]
-    cols = n_slices * n_pol * n
-    w = cells.reshape(n_slices * n_pol, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols)
-    thr, _, _ = adc_tables(adc, *cfg.psum_range, dev, dt)
-    lo, hi = float(thr.min()) - window, float(thr.max()) + window
-    slice_w = 2.0 ** (array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
+    x_int, cells, w, slice_w, bit_w = _layout(x_int.detach(), cells, cfg)
+    n_slices, n_pol, _, n = cells.shape
+    tiles, rows, cols = w.shape
+    dt = x_int.dtype
+    thr, _, _ = adc_tables(cfg.adc, *cfg.psum_range, x_int.device, dt)
+    lo, hi = thr.min() - window, thr.max() + window  # (tensors: no host sync)
+    bit_w = bit_w.abs()  # significance: a signed input's MSB plane counts as much as its weight
     col_w = slice_w.repeat_interleave(n_pol * n)  # [C]: (slice, polarity, column) order
-    if quant.input_mode == "bit_serial":
-        bit_w = 2.0 ** torch.arange(quant.input_bits, device=dev, dtype=dt)
-        if quant.input_signed:
-            x_int = torch.remainder(x_int, 2**quant.input_bits)
-    else:
-        bit_w = torch.ones(1, device=dev, dtype=dt)
     n_planes = bit_w.numel()
-    total = float(bit_w.sum()) * col_w.view(n_slices * n_pol, n).sum(0)  # [N]
+    total = bit_w.sum() * n_pol * slice_w.sum()  # every output column's total significance
     b = x_int.shape[0]
     m = min(b, chunk_rows(tiles, n_planes, cols, cfg.runtime.chunk_elements))
-    out = torch.empty(b, n, tiles, device=dev, dtype=dt)
+    out = torch.empty(b, n, tiles, device=x_int.device, dtype=dt)
     for start in range(0, b, m):
         xt = x_int[start:start + m].reshape(-1, tiles, rows).transpose(0, 1)  # [T, m, R]
-        psum = torch.bmm(_planes(xt, n_planes, False, array.xnor), w)  # [T, P * m, C]
+        psum = torch.bmm(_planes(xt, n_planes, False, cfg.array.xnor), w)  # [T, P * m, C]
         inside = ((psum >= lo) & (psum <= hi)).to(dt) * col_w
         per_plane = inside.view(tiles, n_planes, -1, cols) * bit_w.view(1, n_planes, 1, 1)
         share = per_plane.sum(1).view(tiles, -1, n_slices * n_pol, n).sum(2)  # [T, m, N]

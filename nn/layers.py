@@ -283,21 +283,20 @@ class CIMConv2d(_CIMMixin, torch.nn.Conv2d):
                     return fused.conv_fused(x_int.detach(), cells, self.cim_config, shift, self._gen(x.device),
                                             self._table_cache, cast(Any, self.kernel_size), cast(Any, self.stride),
                                             pad, cast(Any, self.dilation))
-            cols = F.unfold(x_int.detach(), self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
+            return on_windows(x_int.detach(), lambda rows: self.chip_matmul(rows, w_int))
+
+        def on_windows(t: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            """``fn`` on the im2col rows [B * L, K] of ``t``, its [B * L, N] result laid out as [B, N, Ho, Wo]."""
+            cols = F.unfold(t, self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
             b, n = x.shape[0], self.out_channels
             ho, wo = (_out_size(x.shape[2 + d], self.kernel_size[d], self.stride[d], pad[d], self.dilation[d])
                       for d in (0, 1))
-            y_cim = self.chip_matmul(cols.transpose(1, 2).reshape(-1, self._k), w_int)
-            return y_cim.reshape(b, ho * wo, n).transpose(1, 2).reshape(b, n, ho, wo)
+            y = fn(cols.transpose(1, 2).reshape(-1, self._k))
+            return y.reshape(b, ho * wo, n).transpose(1, 2).reshape(b, n, ho, wo)
 
         def windowed() -> torch.Tensor:
-            cols = F.unfold(x_int, self.kernel_size, self.dilation, pad, self.stride)  # [B, K, L]
-            b, n = x.shape[0], self.out_channels
-            y = self._windowed(cols.transpose(1, 2).reshape(-1, self._k), w_int)
-            return y.reshape(b, -1, n).transpose(1, 2).reshape(b, n, *digital_shape)
+            return on_windows(x_int, lambda rows: self._windowed(rows, w_int))
 
-        digital_shape = tuple(_out_size(x.shape[2 + d], self.kernel_size[d], self.stride[d], pad[d], self.dilation[d])
-                              for d in (0, 1))
         y = self._on_chip(digital, chip, x_int, w_int, windowed=windowed) * (sx * sw)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
