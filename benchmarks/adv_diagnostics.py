@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
+     [--ste-smooth T [T ...]]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -17,7 +18,9 @@ digital, examples applied to the model on its path, BPDA with the identity for t
 per-image worst case over every attack run here ("ensemble"; with ``--substitute``
 it includes the noise study's black-box substitute attack, trained on 2,000 training images for 3 epochs).
 ``--eot K`` averages every white-box gradient over K noise draws (for models with per-inference noise);
-every accuracy reads the same noise draws.
+every accuracy reads the same noise draws. ``--ste-window W`` and ``--ste-smooth T ...`` add white-box PGD
+through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through estimator,
+and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
 
 from __future__ import annotations
@@ -53,9 +56,14 @@ def main() -> None:
     ap.add_argument("--ste-window", type=float, default=0.0, metavar="W",
                     help="add white-box PGD whose gradient is the windowed straight-through estimator of the "
                          "partial-sum readout (QuantConfig.psum_ste_window = W): another BPDA surrogate")
+    ap.add_argument("--ste-smooth", type=float, nargs="+", default=[], metavar="T",
+                    help="add white-box PGD through a soft staircase of temperature T partial sums per reading "
+                         "(QuantConfig.psum_ste_smooth = T; BPDA with a smooth surrogate), one per T")
     args = ap.parse_args()
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
         ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
+    if args.ste_window < 0 or any(not t > 0 for t in args.ste_smooth):
+        ap.error("need --ste-window >= 0 and every --ste-smooth T > 0")
     torch.set_num_threads(args.threads)
     try:
         model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
@@ -100,16 +108,18 @@ def main() -> None:
     scored("PGD, cross-entropy, 10 steps", wb(PGD(eps, alpha, 10, seed=1))(model, x, y))
     scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts",
            wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
-    if args.ste_window > 0:
+    surrogates = ([("psum_ste_window", args.ste_window, f"the windowed estimator (W {args.ste_window:g})")]
+                  if args.ste_window > 0 else [])
+    surrogates += [("psum_ste_smooth", t, f"a soft staircase (T {t:g})") for t in args.ste_smooth]
+    for i, (field, value, label) in enumerate(surrogates):
         kept = [(layer, layer.cim_config) for layer in cim_layers(model)]
         for layer, c in kept:
-            layer.cim_config = replace(c, quant=replace(c.quant, psum_ste_window=args.ste_window))
+            layer.cim_config = replace(c, quant=replace(c.quant, **{field: value}))
         try:
-            scored(f"PGD through the windowed estimator (W {args.ste_window:g}), cross-entropy, 10 steps",
-                   wb(PGD(eps, alpha, 10, seed=7))(model, x, y))
-            scored(f"PGD through the windowed estimator (W {args.ste_window:g}), margin, 50 steps, "
-                   f"{args.restarts} restarts",
-                   wb(PGD(eps, alpha / 2, 50, seed=8, loss="margin", restarts=args.restarts))(model, x, y))
+            scored(f"PGD through {label}, cross-entropy, 10 steps",
+                   wb(PGD(eps, alpha, 10, seed=7 + 2 * i))(model, x, y))
+            scored(f"PGD through {label}, margin, 50 steps, {args.restarts} restarts",
+                   wb(PGD(eps, alpha / 2, 50, seed=8 + 2 * i, loss="margin", restarts=args.restarts))(model, x, y))
         finally:
             for layer, c in kept:
                 layer.cim_config = c

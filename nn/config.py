@@ -162,11 +162,21 @@ class QuantConfig:
     a hard tanh: each row tile's digital dot product is weighted by the share of its readings whose partial sum lies
     within W of the ADC's threshold span (:func:`nn.engine.reading_share`); readings clipped to an end level pass
     none. Meant for coarse partial-sum quantization (a 1-bit reading is clipped everywhere but near 0)."""
+    psum_ste_smooth: float = 0.0
+    """The other gradient of the chip forward (forward values never change): T > 0 weights each row tile's
+    digital dot product by the mean slope of a soft staircase (sigmoid steps of temperature T partial sums at the
+    ADC's thresholds) over its readings (:func:`nn.engine.reading_share`): backward pass differentiable
+    approximation (BPDA) with a smooth surrogate of the readout, for attacks and for training. Not with
+    ``psum_ste_window``."""
 
     def __post_init__(self) -> None:
         _positive_int("weight_bits", self.weight_bits)
         if not (math.isfinite(self.psum_ste_window) and self.psum_ste_window >= 0):
             raise CIMConfigError(f"psum_ste_window={self.psum_ste_window!r} must be finite and >= 0")
+        if not (math.isfinite(self.psum_ste_smooth) and self.psum_ste_smooth >= 0):
+            raise CIMConfigError(f"psum_ste_smooth={self.psum_ste_smooth!r} must be finite and >= 0")
+        if self.psum_ste_window > 0 and self.psum_ste_smooth > 0:
+            raise CIMConfigError("psum_ste_window and psum_ste_smooth are two gradients of the readout: set one")
         _positive_int("input_bits", self.input_bits)
         if self.first_input_bits is not None:
             _positive_int("first_input_bits", self.first_input_bits)

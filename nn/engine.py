@@ -213,7 +213,8 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     return out
 
 
-def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, window: float) -> torch.Tensor:
+def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, window: float = 0.0,
+                  temperature: float = 0.0) -> torch.Tensor:
     """[B, N, T]: of every output's readings in row tile t (bit-planes x weight slices x polarities, each counted by
     its significance |plane weight x slice weight|), the share whose ideal partial sum lies within ``window`` of the
     ADC's threshold span [first threshold - window, last threshold + window] (static chip shifts not included).
@@ -221,13 +222,21 @@ def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, wind
     The gradient weight of a windowed straight-through estimator (:attr:`nn.config.QuantConfig.psum_ste_window`):
     a reading outside that span sits on the ADC's end level, and a small change of its partial sum does not move
     it, as a hard tanh passes no gradient outside [-1, 1]. Computed on the reference path (one batched matmul
-    per chunk, the chip's own partial sums), without gradient."""
+    per chunk, the chip's own partial sums), without gradient.
+
+    With ``temperature`` T > 0 instead (:attr:`nn.config.QuantConfig.psum_ste_smooth`), each reading counts by the
+    slope of a soft staircase at its partial sum P, sum over thresholds t_k of h_k sigmoid'((P - t_k) / T) / T
+    (h_k: the level step at t_k): the significance-weighted mean slope of the smooth readout a BPDA attacker
+    differentiates in place of the hard one (Athalye et al., ICML 2018). It is no share: a slope can exceed 1."""
+    if (window > 0) == (temperature > 0):
+        raise ValueError("reading_share: give exactly one of window and temperature (> 0)")
     x_int, cells, w, slice_w, bit_w = _layout(x_int.detach(), cells, cfg)
     n_slices, n_pol, _, n = cells.shape
     tiles, rows, cols = w.shape
     dt = x_int.dtype
-    thr, _, _ = adc_tables(cfg.adc, *cfg.psum_range, x_int.device, dt)
+    thr, lev, _ = adc_tables(cfg.adc, *cfg.psum_range, x_int.device, dt)
     lo, hi = thr.min() - window, thr.max() + window  # (tensors: no host sync)
+    rise = torch.diff(lev)  # the level step at each threshold
     bit_w = bit_w.abs()  # significance: a signed input's MSB plane counts as much as its weight
     col_w = slice_w.repeat_interleave(n_pol * n)  # [C]: (slice, polarity, column) order
     n_planes = bit_w.numel()
@@ -238,11 +247,24 @@ def reading_share(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, wind
     for start in range(0, b, m):
         xt = x_int[start:start + m].reshape(-1, tiles, rows).transpose(0, 1)  # [T, m, R]
         psum = torch.bmm(_planes(xt, n_planes, False, cfg.array.xnor), w)  # [T, P * m, C]
-        inside = ((psum >= lo) & (psum <= hi)).to(dt) * col_w
+        if temperature > 0:
+            inside = _soft_slope(psum, thr, rise, temperature) * col_w
+        else:
+            inside = ((psum >= lo) & (psum <= hi)).to(dt) * col_w
         per_plane = inside.view(tiles, n_planes, -1, cols) * bit_w.view(1, n_planes, 1, 1)
         share = per_plane.sum(1).view(tiles, -1, n_slices * n_pol, n).sum(2)  # [T, m, N]
         out[start:start + m] = (share / total).permute(1, 2, 0)
     return out
+
+
+def _soft_slope(psum: torch.Tensor, thr: torch.Tensor, rise: torch.Tensor, temperature: float) -> torch.Tensor:
+    """d/dP of the soft staircase sum_k rise_k sigmoid((P - thr_k) / T), one pass per threshold (memory: two
+    partial-sum tensors)."""
+    slope = torch.zeros_like(psum)
+    for k in range(thr.numel()):
+        s = torch.sigmoid((psum - thr[k]) / temperature)
+        slope += rise[k] / temperature * s * (1 - s)
+    return slope
 
 
 def _table_chunk(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor, cdf: torch.Tensor,

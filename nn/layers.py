@@ -190,10 +190,11 @@ class _CIMMixin:
 
     def _windowed(self, rows: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
         """[B, N]: every row tile's digital dot product of ``rows`` [B, K] and ``w_int`` [N, K], weighted by the share
-        of its readings inside the ADC's window (``quant.psum_ste_window``): the gradient path of the windowed
-        straight-through estimator; its value is never used."""
+        of its readings inside the ADC's window (``quant.psum_ste_window``) or by their mean soft-staircase slope
+        (``quant.psum_ste_smooth``): the gradient path of those estimators; its value is never used."""
         cfg = self.cim_config
-        share = reading_share(rows, self._cells(w_int), cfg, cfg.quant.psum_ste_window)  # [B, N, T]
+        share = reading_share(rows, self._cells(w_int), cfg, cfg.quant.psum_ste_window,
+                              cfg.quant.psum_ste_smooth)  # [B, N, T]
         tiles, r = share.shape[-1], cfg.array.rows
         pad = tiles * r - self._k
         xp = F.pad(rows, (0, pad)).reshape(-1, tiles, r)
@@ -205,12 +206,14 @@ class _CIMMixin:
         """Forward value of the chip, gradient of the digital layer (straight through); digital mode skips the
         chip, and a forward that no gradient can reach (no grad mode, or no input needing one) skips the
         digital layer: both are integer-valued, so ``ideal + (chip - ideal)`` is ``chip`` exactly. With
-        ``quant.psum_ste_window`` the gradient is ``windowed``'s instead, added as ``g - g.detach()`` (exactly 0)."""
+        ``quant.psum_ste_window`` or ``quant.psum_ste_smooth`` the gradient is ``windowed``'s instead, added as
+        ``g - g.detach()`` (exactly 0)."""
         if self.digital:
             return ideal()
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             return chip()
-        if windowed is not None and self.cim_config.quant.psum_ste_window > 0:
+        q = self.cim_config.quant
+        if windowed is not None and (q.psum_ste_window > 0 or q.psum_ste_smooth > 0):
             g = windowed()
             return chip() + (g - g.detach())
         y_ideal = ideal()

@@ -1,4 +1,5 @@
-"""The windowed straight-through estimator of coarse partial-sum readouts (QuantConfig.psum_ste_window)."""
+"""The gradient estimators of coarse partial-sum readouts: windowed straight through (QuantConfig.psum_ste_window)
+and the smooth soft-staircase surrogate (QuantConfig.psum_ste_smooth)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ CFG = CIMConfig(adc=ADCConfig.scheme("1bit"), array=ArrayConfig(rows=ROWS, signe
                 quant=QuantConfig(weight_bits=3, input_bits=2))
 
 
-def _brute_share(x_int: torch.Tensor, w_int: torch.Tensor, cfg: CIMConfig, window: float) -> torch.Tensor:
+def _brute_share(x_int: torch.Tensor, w_int: torch.Tensor, cfg: CIMConfig, window: float,
+                 temperature: float = 0.0) -> torch.Tensor:
     """Every reading by hand: bit-plane p, weight slice s, tile t; P = sum over the tile's rows of (2 x_p - 1) c_s."""
     q, rows = cfg.quant, cfg.array.rows
     tiles = -(-w_int.shape[1] // rows)
@@ -30,7 +32,13 @@ def _brute_share(x_int: torch.Tensor, w_int: torch.Tensor, cfg: CIMConfig, windo
         drive = (2 * ((xp >> p) & 1) - 1).double().view(-1, tiles, rows)
         for s in range(signed.shape[0]):
             psum = torch.einsum("btr,trn->bnt", drive, signed[s].double().view(tiles, rows, -1))
-            num += 2**p * 2**s * ((psum >= lo) & (psum <= hi)).double()
+            if temperature > 0:  # the soft staircase's slope, one sigmoid per level step
+                lev = cfg.adc.levels
+                weight = sum((lev[k + 1] - lev[k]) / temperature * torch.sigmoid((psum - t) / temperature)
+                             * (1 - torch.sigmoid((psum - t) / temperature)) for k, t in enumerate(cfg.adc.thresholds))
+            else:
+                weight = ((psum >= lo) & (psum <= hi)).double()
+            num += 2**p * 2**s * weight
     return num / ((2**q.input_bits - 1) * (2 ** signed.shape[0] - 1))
 
 
@@ -44,6 +52,26 @@ def test_reading_share_counts_each_reading_inside_the_window_by_its_significance
     want = _brute_share(x_int, w_int, CFG, window)
     assert torch.allclose(got, want, atol=1e-12)
     assert 0 < float(want.mean()) < 1  # the window cuts: neither everything nor nothing passes
+
+
+@pytest.mark.parametrize("scheme,temperature", [("1bit", 1.0), ("3.5bit", 2.0), ("3.5bit", 6.0)])
+def test_soft_staircase_slope_weights_each_reading_by_its_significance(scheme, temperature):
+    cfg = replace(CFG, adc=ADCConfig.scheme(scheme))
+    gen = torch.Generator().manual_seed(7)
+    x_int = torch.randint(0, 4, (9, K), generator=gen).double()
+    w_int = torch.randint(-3, 4, (N, K), generator=gen).double()
+    got = reading_share(x_int, weight_cells(w_int, 3, 1), cfg, temperature=temperature)
+    want = _brute_share(x_int, w_int, cfg, 0.0, temperature)
+    assert torch.allclose(got, want, atol=1e-12)
+    assert float(want.std()) > 0  # readings near a threshold count more than readings on a plateau
+
+
+def test_reading_share_takes_one_estimator():
+    x_int, cells = torch.zeros(1, K, dtype=torch.float64), weight_cells(torch.zeros(N, K), 3, 1).double()
+    with pytest.raises(ValueError, match="exactly one"):
+        reading_share(x_int, cells, CFG, 2.0, 1.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        reading_share(x_int, cells, CFG)
 
 
 def _grads(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,14 +104,18 @@ def test_the_window_changes_gradients_never_forward_values(kind):
     assert narrow[1].abs().sum() < gw0.abs().sum()  # clipped readings pass none
 
 
-def test_linear_gradient_is_the_share_weighted_tile_products():
+@pytest.mark.parametrize("window,temperature", [(3.0, 0.0), (0.0, 1.5)])
+def test_linear_gradient_is_the_share_weighted_tile_products(window, temperature):
     torch.manual_seed(6)
-    cfg = replace(CFG, quant=replace(CFG.quant, psum_ste_window=3.0))
+    cfg = replace(CFG, quant=replace(CFG.quant, psum_ste_window=window, psum_ste_smooth=temperature))
     layer = CIMLinear(K, N, bias=False, cim_config=cfg).double()
     x = torch.rand(5, K, dtype=torch.float64)
-    _, gw, _ = _grads(layer, x)
+    y, gw, _ = _grads(layer, x)
+    plain = CIMLinear(K, N, bias=False, cim_config=CFG).double()
+    plain.load_state_dict(layer.state_dict())
+    assert torch.equal(y, plain(x).detach())  # forward values are the chip's, bit for bit
     x_int, sx, w_int, sw = layer.quantize(x)
-    share = _brute_share(x_int.detach(), w_int.detach(), cfg, 3.0)  # [B, N, T]
+    share = _brute_share(x_int.detach(), w_int.detach(), cfg, window, temperature)  # [B, N, T]
     coef = torch.linspace(-1, 1, 5 * N, dtype=torch.float64).view(5, N) * (sx * sw).detach()
     tile = torch.arange(K) // ROWS  # each weight's tile
     dw_int = torch.einsum("bn,bnk,bk->nk", coef, share[:, :, tile], x_int.detach())
@@ -97,3 +129,7 @@ def test_linear_gradient_is_the_share_weighted_tile_products():
 def test_bad_window_is_named():
     with pytest.raises(CIMConfigError, match="psum_ste_window"):
         QuantConfig(psum_ste_window=-1.0)
+    with pytest.raises(CIMConfigError, match="psum_ste_smooth"):
+        QuantConfig(psum_ste_smooth=float("nan"))
+    with pytest.raises(CIMConfigError, match="set one"):
+        QuantConfig(psum_ste_window=2.0, psum_ste_smooth=1.0)
