@@ -55,6 +55,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--psq-ste-window", type=float, default=None, metavar="W",
                    help="input-split gradient: weight each row tile by the share of its readings within W partial "
                         "sums of the scheme's thresholds (a hard-tanh-like estimator; default 0: straight through)")
+    t.add_argument("--psq-ste-smooth", type=float, default=None, metavar="T",
+                   help="input-split gradient: weight each row tile by its readings' mean slope of a soft staircase "
+                        "of temperature T partial sums (a smooth surrogate, BPDA; not with --psq-ste-window)")
     t.add_argument("--rows", type=int_arg, default=None, help="rows per sub-array (128; 256 with --psq)")
     t.add_argument("--act", choices=["relu", "celu"], default=None)
     noise = t.add_mutually_exclusive_group()
@@ -83,15 +86,17 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.psq_encoding is not None and args.psq is None:
         raise ConfigError("--psq-encoding sets how input-split rows are driven: give it with --psq")
-    if args.psq_ste_window is not None and args.psq is None:
-        raise ConfigError("--psq-ste-window shapes the gradient of input-split readouts: give it with --psq")
+    for flag in ("psq_ste_window", "psq_ste_smooth"):
+        if getattr(args, flag) is not None and args.psq is None:
+            raise ConfigError(f"--{flag.replace('_', '-')} shapes the gradient of input-split readouts: give it with "
+                              "--psq")
 
     cfg = train_config(args.model, data=args.data, subset=args.subset, test_subset=args.test_subset,
                        epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                        weight_bits=args.weight_bits, input_bits=args.input_bits,
                        first_input_bits=args.first_input_bits, adc_bits=args.adc_bits,
                        psq=args.psq, psq_encoding=args.psq_encoding, psq_ste_window=args.psq_ste_window,
-                       rows=args.rows, act=args.act,
+                       psq_ste_smooth=args.psq_ste_smooth, rows=args.rows, act=args.act,
                        noise_sigma_psum=args.noise_sigma, noise_table=args.noise_table,
                        adv_train=args.adv_train or None, adv_eps=args.adv_eps, adv_steps=args.adv_steps,
                        chip_train=args.chip_train or None,

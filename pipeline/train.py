@@ -125,6 +125,10 @@ class TrainConfig:
     """Gradient of the input-split readout (needs ``psq``): 0 straight through the whole readout (the digital layer's
     gradient); W > 0 the windowed straight-through estimator (``QuantConfig.psum_ste_window``): each row tile's
     gradient weighted by the share of its readings within W partial sums of the scheme's threshold span."""
+    psq_ste_smooth: float = 0.0
+    """The other gradient of the input-split readout (needs ``psq``; not with ``psq_ste_window``): T > 0 weights each
+    row tile's gradient by the mean slope of a soft staircase of temperature T partial sums over its readings
+    (``QuantConfig.psum_ste_smooth``; for the 1-bit scheme, the derivative of a scaled sigmoid sign)."""
     noise_sigma_psum: float = 0.0
     """Per-inference Gaussian noise on every partial sum, in partial-sum units (one on-cell = 1), in training
     and test (seed 000's noise-aware training)."""
@@ -189,11 +193,14 @@ class TrainConfig:
             raise ConfigError(f"psq={self.psq!r}: choose from {list(PSQ_SCHEMES)}")
         if self.psq_encoding not in PSQ_ENCODINGS:
             raise ConfigError(f"psq_encoding={self.psq_encoding!r}: choose from {list(PSQ_ENCODINGS)}")
-        if not (isinstance(self.psq_ste_window, float | int) and math.isfinite(self.psq_ste_window)
-                and self.psq_ste_window >= 0):
-            raise ConfigError(f"psq_ste_window={self.psq_ste_window!r} must be a number >= 0 (partial-sum units)")
-        if self.psq_ste_window and self.psq is None:
-            raise ConfigError("psq_ste_window shapes the gradient of input-split readouts: give it with psq")
+        for name in ("psq_ste_window", "psq_ste_smooth"):
+            v = getattr(self, name)
+            if not (isinstance(v, float | int) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name}={v!r} must be a number >= 0 (partial-sum units)")
+            if v and self.psq is None:
+                raise ConfigError(f"{name} shapes the gradient of input-split readouts: give it with psq")
+        if self.psq_ste_window and self.psq_ste_smooth:
+            raise ConfigError("psq_ste_window and psq_ste_smooth are two gradients of the readout: give one")
         if not (math.isfinite(self.noise_sigma_psum) and self.noise_sigma_psum >= 0):
             raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
         if self.noise_sigma_psum > 0 and self.noise_table is not None:
@@ -220,7 +227,8 @@ class TrainConfig:
             adc = replace(adc, kind=self.adc_kind, noise_sigma=self.noise_sigma_psum, noise_table=table)
             quant = QuantConfig(weight_bits=self.weight_bits, input_bits=self.input_bits,
                                 input_signed=self.act == "celu", first_input_bits=self.first_input_bits,
-                                psum_ste_window=float(self.psq_ste_window))
+                                psum_ste_window=float(self.psq_ste_window),
+                                psum_ste_smooth=float(self.psq_ste_smooth))
             array = ArrayConfig(rows=self.rows, signed_psum=self.psq is not None,
                                 xnor=self.psq is not None and self.psq_encoding == "xnor",
                                 first_layer_digital=self.first_layer_digital)
@@ -230,11 +238,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field; ``first_input_bits``, ``init_from``, ``first_layer_digital``, ``bn_recal_batches``,
-        ``psq_ste_window`` only when set, and ``psq_encoding`` only with ``psq``, so runs from before they existed
-        keep their hash (input-split runs hash the encoding: those from before it existed were unipolar and
-        retrain)."""
+        ``psq_ste_window``, ``psq_ste_smooth`` only when set, and ``psq_encoding`` only with ``psq``, so runs from
+        before they existed keep their hash (input-split runs hash the encoding: those from before it existed were
+        unipolar and retrain)."""
         d = asdict(self)
-        for name in ("first_input_bits", "init_from", "first_layer_digital", "bn_recal_batches", "psq_ste_window"):
+        for name in ("first_input_bits", "init_from", "first_layer_digital", "bn_recal_batches", "psq_ste_window",
+                     "psq_ste_smooth"):
             if d[name] is None or d[name] is False or d[name] == 0:
                 del d[name]
         if self.psq is None:

@@ -47,6 +47,10 @@ def _ft(run, *extra):
     (["train", "--model", "test_vgg", "--bn-recal", "-2"], "bn_recal_batches=-2"),
     (["train", "--model", "test_vgg", "--psq-ste-window", "4"], "give it with --psq"),
     (["train", "--model", "test_vgg", "--psq", "1bit", "--psq-ste-window", "-1"], "psq_ste_window=-1.0"),
+    (["train", "--model", "test_vgg", "--psq-ste-smooth", "2"], "give it with --psq"),
+    (["train", "--model", "test_vgg", "--psq", "1bit", "--psq-ste-smooth", "inf"], "psq_ste_smooth=inf"),
+    (["train", "--model", "test_vgg", "--psq", "1bit", "--psq-ste-smooth", "2", "--psq-ste-window", "4"],
+     "give one"),
 ])
 def test_train_bad_input(capsys, tmp_path, argv, needle):
     code, line = _err(capsys, [argv[0], "--run-dir", str(tmp_path / "r"), *argv[1:]])

@@ -167,18 +167,22 @@ def test_bn_recal_reestimates_only_the_batchnorm_statistics(tmp_path, tiny_train
         train_config(**kw, bn_recal_batches=-1)
 
 
-def test_psq_ste_window_reaches_the_chip_and_changes_only_the_gradient(tmp_path, tiny_train):
+@pytest.mark.parametrize("field, quant_field, value", [("psq_ste_window", "psum_ste_window", 8.0),
+                                                       ("psq_ste_smooth", "psum_ste_smooth", 2.0)])
+def test_psq_estimators_reach_the_chip_and_change_only_the_gradient(tmp_path, tiny_train, field, quant_field, value):
     kw = {**tiny_train, "subset": 200, "epochs": 1, "psq": "1bit"}
     plain = train(tmp_path / "a", train_config(**kw))
-    windowed = train(tmp_path / "b", train_config(**kw, psq_ste_window=8.0))
-    assert "psq_ste_window" not in plain["config"] and windowed["config"]["psq_ste_window"] == 8.0
+    other = train(tmp_path / "b", train_config(**kw, **{field: value}))
+    assert field not in plain["config"] and other["config"][field] == value
     ha, sa = load_checkpoint(tmp_path / "a/train/test_vgg/model0.pt", fix="")
     hb, sb = load_checkpoint(tmp_path / "b/train/test_vgg/model0.pt", fix="")
-    assert hb["cim"]["quant"]["psum_ste_window"] == 8.0 and ha["cim"]["quant"]["psum_ste_window"] == 0.0
+    assert hb["cim"]["quant"][quant_field] == value and ha["cim"]["quant"][quant_field] == 0.0
     weights = [k for k in sa if k.endswith("weight")]
     assert not all(torch.equal(sa[k], sb[k]) for k in weights)  # another gradient, other weights
     with pytest.raises(ConfigError, match="give it with psq"):
-        train_config(**{**kw, "psq": None}, psq_ste_window=8.0)
+        train_config(**{**kw, "psq": None}, **{field: value})
+    with pytest.raises(ConfigError, match="give one"):
+        train_config(**kw, psq_ste_window=8.0, psq_ste_smooth=2.0)
 
 
 @pytest.mark.parametrize("init_from, tag, words", [("nothing", "warm", "train it first"),
