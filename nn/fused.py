@@ -267,15 +267,11 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True)
     def _kernel_cuts(xw, wp, wm, minus, xnor, ssum, serial, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
-                     cuts, s_lo, zp, zq, hot, n_hot, out):
+                     cuts, s_lo, out):
         """:func:`_kernel` for noisy readouts through cut tables: every plane is read (an all-zero plane reads
         partial sums 0, noise and all), readings keyed as :func:`_kernel` keys them. Blocks of ``_BLOCK`` rows
         run tile by tile, so one tile's cuts serve the whole block from cache (row by row, a layer's tables,
-        tens of MB, were fetched again for every row). An all-zero plane of a tile adds its columns' noise-free
-        readings of partial sum 0 once per row and tile (``zp``: :func:`nn.fused_noise.gaussian_zero_plane`)
-        and only the deviations: drawn by thinning for the columns that rarely leave that code (rate ``zq`` [T'],
-        :func:`nn.fused_noise.thin_zero_plane`), read one by one for the others (``hot``,
-        :func:`nn.fused_noise.zero_plane_plan`)."""
+        tens of MB, were fetched again for every row)."""
         m_rows, tiles, planes, _ = xw.shape
         cols = wp.shape[3]
         kstep = np.uint64(planes)
@@ -287,25 +283,12 @@ if AVAILABLE:
             total = np.empty(cols, np.int64)
             code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
             for t in range(tiles):
-                tz = t if zq.shape[0] > 1 else 0  # (per tile: tables of chips with offsets)
-                qmax = zq[tz]
-                thin = serial and not xnor and qmax <= fused_noise.THIN_MAX
                 for i in range(nb):
                     m = m0 + i
                     total[:] = 0
-                    zero_w = 0.0
                     for p in range(planes):
                         if xnor or _live(xw, m, t, p):
                             _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
-                        elif thin:
-                            zero_w += bitw_int[p]
-                            key0 = np.uint64((m * tiles + t) * cols * planes + p)
-                            if qmax > 0.0:
-                                fused_noise.thin_zero_plane(np.float64(bitw_int[p]), t, zp, qmax, seed, key0, thr,
-                                                            sigma, cdf, -lo, lev, colw, acc[i])
-                            fused_noise.read_zero_hot(np.float64(bitw_int[p]), t, hot[tz, :n_hot[tz]], zp, cuts,
-                                                      s_lo, lo, seed, key0, kstep, thr, sigma, cdf, lev, colw, acc[i])
-                            continue
                         else:
                             s[:] = 0
                         if serial:
@@ -318,10 +301,6 @@ if AVAILABLE:
                     if not serial:
                         _add_cut_readings(1.0, t, total, np.uint64((m * tiles + t) * cols * planes), kstep, lo, thr,
                                           lev, colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)
-                    if zero_w != 0.0:
-                        for c in range(cols):
-                            acc[i, c] += zero_w * lev[np.int64(zp[t if zp.shape[0] > 1 else 0,
-                                                                  c if zp.shape[1] > 1 else 0, 0])] * colw[c]
             for i in range(nb):
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
@@ -445,8 +424,8 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
 
 def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, generator: torch.Generator | None,
              table_cache: dict | None) -> tuple[int, tuple, tuple]:
-    """(ADC columns, the kernels' readout arguments from ``lo`` to ``seed``, and (cuts, s_lo, zero-plane
-    readings, their per-tile largest probability of leaving the noise-free code) for the cut-table kernels)."""
+    """(ADC columns, the kernels' readout arguments from ``lo`` to ``seed``, and (cuts, s_lo) for the
+    cut-table kernels)."""
     adc, array = cfg.adc, cfg.array
     n_slices, _, k, n = cells.shape
     tiles = math.ceil(k / array.rows)
@@ -458,8 +437,8 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     sign = np.array([1.0, -1.0][:n_pol])
     colw = np.broadcast_to((slice_w[:, None, None] * sign[None, :, None]), (n_slices, n_pol, n)).reshape(-1).copy()
     flat_shift = None if shift is None else shift.detach().reshape(tiles, cols, -1).to(torch.float64)
-    mode, lut, thr, code0, cdf, cuts, s_lo, zp = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw,
-                                                          shift, table_cache)
+    mode, lut, thr, code0, cdf, cuts, s_lo = _readout(cfg, thr_t, lev_t, step, flat_shift, tiles, cols, colw,
+                                                      shift, table_cache)
     # a uniform scheme's unshifted codes are computed: the threshold count starts there and steps
     first = 0 if lo >= 0 else -(2**adc.bits // 2)
     qstep = np.array([step if adc.thresholds is None else 0.0, float(first)])
@@ -467,8 +446,7 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
-                         float(adc.noise_sigma), cdf, np.uint64(seed)), (cuts, s_lo, zp,
-                                                                         *fused_noise.zero_plane_plan(zp))
+                         float(adc.noise_sigma), cdf, np.uint64(seed)), (cuts, s_lo)
 
 
 def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
@@ -522,7 +500,7 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
             x = torch.nn.functional.pad(x, (0, k - x.shape[1]))
         ps = torch.bmm(x.view(-1, tiles, rows).transpose(0, 1), w).numpy()  # [T, m, C]
         if mode == MODE_CUTS:
-            _kernel_dense_cuts(ps, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut[:2],
+            _kernel_dense_cuts(ps, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
                                out[start:start + ps.shape[1]])  # type: ignore[call-arg]
         else:
             _kernel_dense(ps, start, cfg.quant.input_bits, n, *rd, out[start:start + ps.shape[1]])  # type: ignore[call-arg]
@@ -531,9 +509,8 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
 
 def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, flat_shift: torch.Tensor | None,
              tiles: int, cols: int, colw: np.ndarray, shift: torch.Tensor | None, table_cache: dict | None
-             ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
-    """(mode, lut, thresholds, code0, cdf, cuts, s_lo, zero-plane readings) of the kernel; unused ones are
-    1-element placeholders.
+             ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(mode, lut, thresholds, code0, cdf, cuts, s_lo) of the kernel; unused ones are 1-element placeholders.
 
     Noise free: a lookup table per (tile, column, partial sum) where it fits, else a count of sorted thresholds
     (a SAR's search is turned into its equivalent sorted thresholds once per call,
@@ -549,21 +526,18 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         return table_cache["fused_tables"]
     empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
     no_code0, no_cuts = np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1, 2), np.uint64)
-    no_zero = np.array([[[0.0, 0.0, 0.0, math.inf]]])  # (never thinned)
     small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
-    tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]
+    tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
     if adc.noise_table is not None:
         cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].contiguous()
         median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
         ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
         cdf_padded = np.ascontiguousarray(torch.cat([-ends, cdf, 2 * ends], -1).numpy())
         cuts = fused_noise.table_cuts(cdf_padded, median.reshape(-1).numpy())
-        tables = (MODE_CUTS, empty3, empty3, no_code0, cdf_padded, cuts, lo,
-                  fused_noise.table_zero_plane(cdf_padded, -lo))
+        tables = MODE_CUTS, empty3, empty3, no_code0, cdf_padded, cuts, lo
     elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
-        tables = (MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo,
-                  no_zero)
+        tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo
     else:
         t = thr.expand(tiles, cols, -1) if flat_shift is None else thr + flat_shift
         if adc.kind == "sar" and flat_shift is not None:  # (unshifted thresholds are sorted: both read alike)
@@ -579,8 +553,7 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
             s_lo, n_s = fused_noise.gaussian_range(cut_thr, sigma, lo, hi)
             if sigma <= 0.6 * spacing and cut_thr.shape[0] * cut_thr.shape[1] * n_s <= fused_noise.MAX_ENTRIES:
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma)
-                tables = (MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo,
-                          fused_noise.gaussian_zero_plane(cut_thr, sigma))
+                tables = MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:
                     table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
                 return tables
@@ -588,7 +561,7 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         if sigma > 0 and small:
             grid = torch.arange(lo, hi + 1, dtype=t.dtype).expand(tiles, cols, -1).contiguous()
             code0 = torch.searchsorted(t.contiguous(), grid, right=True).to(torch.int16).numpy()
-        tables = MODE_THRESHOLDS, empty3, padded, code0, empty2, no_cuts, lo, no_zero
+        tables = MODE_THRESHOLDS, empty3, padded, code0, empty2, no_cuts, lo
     if table_cache is not None:
         table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
     return tables

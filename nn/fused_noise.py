@@ -37,10 +37,6 @@ _LANES123, _LANES01 = np.uint64(0x8000800080000000), np.uint64(0x80008000)
 _Q = 32768.0  # cuts and the fast compare have 15 bits
 WINDOW = 6  # codes per entry: base .. base + 5
 MAX_ENTRIES = 2**23  # cut tables up to 128 MiB (16 bytes an entry); larger: the walking readout
-THIN_MAX = 0.1
-"""An all-zero plane's column is thinned (:func:`thin_zero_plane`) while its reading leaves the noise-free code
-at most this often; above, it is read like any reading (:func:`read_zero_hot`): a thinned candidate costs
-~5-10 readings."""
 
 if AVAILABLE:
     from numba import njit, prange
@@ -121,12 +117,6 @@ if AVAILABLE:
     def _slow_code(h, s, ti, ci, row, base, seed, key, thr, sigma, cdf):
         """Exact inverse-CDF code of a reading the cuts could not decide (a tie or outside the window)."""
         u = (np.float64(h >> np.uint64(49)) + _uniform(seed, key, 1)) * (1.0 / _Q)
-        return _code_of(u, s, ti, ci, row, base, thr, sigma, cdf)
-
-    @njit(cache=True, inline="always")
-    def _code_of(u, s, ti, ci, row, base, thr, sigma, cdf):
-        """The code whose CDF interval holds ``u`` (Gaussian around ``s``, or table row ``row``), walked from
-        ``base``."""
         a = base
         if sigma > 0.0:
             sf = np.float64(s)
@@ -140,17 +130,6 @@ if AVAILABLE:
             while cdf[row, a] > u:
                 a -= 1
         return a
-
-    @njit(cache=True, inline="always")
-    def _swar(h, e0, e1):
-        """(code, undecided) of the reading with random word ``h`` through the entry (e0, e1): the top 15 bits of h
-        against the seven cuts, four lanes at a time; undecided (nonzero) on a tie or outside the window."""
-        u = (h >> np.uint64(49)) * _ONES
-        w0, w1 = e0, e1 & _LOW3
-        g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
-        tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
-        code = np.int64((e1 >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
-        return code, ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
 
     @njit(cache=True, inline="always")
     def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):
@@ -171,7 +150,12 @@ if AVAILABLE:
                 e[c, 1] = tab[ti, r, 0, 1]
         any_slow = np.uint64(0)
         for c in range(cols):
-            code[c], bad = _swar(_bits(seed, key0 + np.uint64(c) * kstep, 0), e[c, 0], e[c, 1])
+            u = (_bits(seed, key0 + np.uint64(c) * kstep, 0) >> np.uint64(49)) * _ONES
+            w0, w1 = e[c, 0], e[c, 1] & _LOW3
+            g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
+            tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
+            code[c] = np.int64((e[c, 1] >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
+            bad = ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
             slow[c] = bad != 0
             any_slow |= bad
         if any_slow != 0:
@@ -180,93 +164,6 @@ if AVAILABLE:
                     key = key0 + np.uint64(c) * kstep
                     code[c] = _slow_code(_bits(seed, key, 0), s[c], ti, c if thr.shape[1] > 1 else 0, s[c] - lo,
                                          np.int64(e[c, 1] >> np.uint64(48)), seed, key, thr, sigma, cdf)
-
-
-    @njit(cache=True)
-    def gaussian_zero_plane(thr, sigma):
-        """[T, C, 4] (k0, P(code < k0), P(code > k0), q = P(code != k0)) of a reading of partial sum 0, k0 its
-        noise-free code: what :func:`thin_zero_plane` draws an all-zero input plane's readings from."""
-        tiles, cols, _ = thr.shape
-        out = np.empty((tiles, cols, 4))
-        for t in range(tiles):
-            for c in range(cols):
-                k0 = threshold_count(thr, t, c, 0.0)
-                below, above = _gauss_p(thr, t, c, k0, 0.0, sigma), _phi(-thr[t, c, k0 + 1] / sigma)
-                out[t, c, 0], out[t, c, 1], out[t, c, 2], out[t, c, 3] = k0, below, above, below + above
-        return out
-
-    @njit(cache=True)
-    def thin_zero_plane(weight, t, zp, qmax, seed, key, thr, sigma, cdf, row0, lev, colw, acc):
-        """acc[c] += weight * (noisy reading - noise-free reading ``k0``) of partial sum 0, every column c of tile
-        t whose q_c <= :data:`THIN_MAX`: an all-zero input plane. Each column's reading leaves k0 with probability
-        q_c (``zp``, :func:`gaussian_zero_plane`), so the deviating columns are drawn by thinning a Bernoulli
-        process of rate ``qmax`` >= every such q_c of the tile (geometric gaps; a candidate kept with probability
-        q_c / qmax), and a kept column's code from its CDF outside k0's interval: exactly the inverse-CDF draw's
-        distribution, at 1 + C qmax draws instead of C (the draws differ from reading every column; keyed by the
-        plane's first reading ``key``, draws 2, 3, ...). Columns above THIN_MAX are :func:`read_zero_hot`'s."""
-        cols = acc.shape[0]
-        log_keep = math.log1p(-qmax)
-        j, c = 2, -1
-        while True:
-            gap = math.floor(math.log1p(-_uniform(seed, key, j)) / log_keep)
-            j += 1
-            if gap >= cols - c - 1:
-                return
-            c += 1 + np.int64(gap)
-            ti, ci = (t if zp.shape[0] > 1 else 0), (c if zp.shape[1] > 1 else 0)
-            k0, below, q = np.int64(zp[ti, ci, 0]), zp[ti, ci, 1], zp[ti, ci, 3]
-            if q <= THIN_MAX and _uniform(seed, key, j) * qmax < q:
-                v = _uniform(seed, key, j + 1) * q  # uniform over the CDF outside [below, 1 - above)
-                u = v if v < below else v + (1.0 - q)
-                code = _code_of(u, 0, ti if thr.shape[0] > 1 else 0, ci if thr.shape[1] > 1 else 0, row0, k0, thr,
-                                sigma, cdf)
-                acc[c] += weight * (lev[code] - lev[k0]) * colw[c]
-            j += 2
-
-    @njit(cache=True)
-    def read_zero_hot(weight, t, hot, zp, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, lev, colw, acc):
-        """acc[c] += weight * (noisy reading - noise-free reading) of partial sum 0 for the columns ``hot`` of tile
-        t (those above :data:`THIN_MAX`), each read as :func:`cut_codes` reads it (the same key and draw)."""
-        ti = t if tab.shape[0] > 1 else 0
-        r = min(max(-s_lo, 0), tab.shape[1] - 1)
-        for c in hot:
-            cc = c if tab.shape[2] > 1 else 0
-            key = key0 + np.uint64(c) * kstep
-            h = _bits(seed, key, 0)
-            e0, e1 = tab[ti, r, cc, 0], tab[ti, r, cc, 1]
-            code, bad = _swar(h, e0, e1)
-            if bad != 0:
-                code = _slow_code(h, 0, ti, c if thr.shape[1] > 1 else 0, -lo, np.int64(e1 >> np.uint64(48)), seed,
-                                  key, thr, sigma, cdf)
-            k0 = np.int64(zp[t if zp.shape[0] > 1 else 0, c if zp.shape[1] > 1 else 0, 0])
-            acc[c] += weight * (lev[code] - lev[k0]) * colw[c]
-
-
-
-def zero_plane_plan(zp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(qmax [T'], hot [T', C'], n_hot [T']) of the zero-plane readings ``zp`` [T', C', 4]: per tile the largest
-    q of the columns to thin, and the columns above :data:`THIN_MAX` (the first n_hot of each row); qmax is inf
-    (read every column, no thinning) where nothing is left to thin or every column reads alike (C' = 1) above
-    THIN_MAX."""
-    q = zp[..., 3]
-    cold = q <= THIN_MAX
-    qmax = np.where(cold.any(1), np.where(cold, q, 0.0).max(1), math.inf)
-    hot = np.zeros(q.shape, np.int64)
-    n_hot = np.zeros(q.shape[0], np.int64)
-    if q.shape[1] > 1:
-        for t, row in enumerate(cold):
-            idx = np.flatnonzero(~row)
-            hot[t, :idx.size], n_hot[t] = idx, idx.size
-    return qmax, hot, n_hot
-
-
-def table_zero_plane(cdf: np.ndarray, row0: int) -> np.ndarray:
-    """[1, 1, 4] :func:`gaussian_zero_plane` of a measured noise table (``cdf`` padded as :func:`table_cuts`
-    takes it; ``row0`` the row of partial sum 0), k0 the row's most likely code."""
-    p = np.diff(np.clip(cdf[row0], 0.0, 1.0))
-    k0 = int(np.argmax(p))
-    below, above = float(np.clip(cdf[row0, k0], 0, 1)), 1.0 - float(np.clip(cdf[row0, k0 + 1], 0, 1))
-    return np.array([[[k0, below, above, below + above]]])
 
 
 def gaussian_range(thr: np.ndarray, sigma: float, lo: int, hi: int) -> tuple[int, int]:
