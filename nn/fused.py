@@ -281,7 +281,7 @@ if AVAILABLE:
             acc = np.zeros((nb, cols))
             s = np.empty(cols, np.int64)
             total = np.empty(cols, np.int64)
-            code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+            code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
             for t in range(tiles):
                 for i in range(nb):
                     m = m0 + i
@@ -312,7 +312,7 @@ if AVAILABLE:
         for m in prange(m_rows):
             acc = np.zeros(cols)
             s = np.empty(cols, np.int64)
-            code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+            code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
             for t in range(tiles):
                 for c in range(cols):
                     s[c] = np.int64(ps[t, m, c])

@@ -134,27 +134,28 @@ if AVAILABLE:
     @njit(cache=True, inline="always")
     def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):
         """Codes ``code`` [C] of one input plane's readings of partial sums ``s`` [C] on tile t; reading c
-        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [C, 2] and ``slow`` [C] are scratch."""
+        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [2, C] (each entry's two words in
+        separate rows: the code loop then vectorizes with plain loads) and ``slow`` [C] are scratch."""
         cols = s.shape[0]
         ti = t if tab.shape[0] > 1 else 0
         n_s = tab.shape[1]
         if tab.shape[2] > 1:
             for c in range(cols):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
-                e[c, 0] = tab[ti, r, c, 0]
-                e[c, 1] = tab[ti, r, c, 1]
+                e[0, c] = tab[ti, r, c, 0]
+                e[1, c] = tab[ti, r, c, 1]
         else:
             for c in range(cols):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
-                e[c, 0] = tab[ti, r, 0, 0]
-                e[c, 1] = tab[ti, r, 0, 1]
+                e[0, c] = tab[ti, r, 0, 0]
+                e[1, c] = tab[ti, r, 0, 1]
         any_slow = np.uint64(0)
         for c in range(cols):
             u = (_bits(seed, key0 + np.uint64(c) * kstep, 0) >> np.uint64(49)) * _ONES
-            w0, w1 = e[c, 0], e[c, 1] & _LOW3
+            w0, w1 = e[0, c], e[1, c] & _LOW3
             g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
             tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
-            code[c] = np.int64((e[c, 1] >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
+            code[c] = np.int64((e[1, c] >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
             bad = ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
             slow[c] = bad != 0
             any_slow |= bad
@@ -163,7 +164,7 @@ if AVAILABLE:
                 if slow[c]:
                     key = key0 + np.uint64(c) * kstep
                     code[c] = _slow_code(_bits(seed, key, 0), s[c], ti, c if thr.shape[1] > 1 else 0, s[c] - lo,
-                                         np.int64(e[c, 1] >> np.uint64(48)), seed, key, thr, sigma, cdf)
+                                         np.int64(e[1, c] >> np.uint64(48)), seed, key, thr, sigma, cdf)
 
 
 def gaussian_range(thr: np.ndarray, sigma: float, lo: int, hi: int) -> tuple[int, int]:

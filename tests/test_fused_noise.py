@@ -38,7 +38,7 @@ def test_gaussian_cut_codes_are_the_exact_inverse_cdf_draw_for_draw(sigma):
     assert s_lo + n_s - 1 < hi  # the clamp is exercised
     cuts = fused_noise.gaussian_cuts(thr, s_lo, n_s, sigma)
     seed, planes = np.uint64(987654321), 3
-    code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+    code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
     mismatches, n_slow, total = 0, 0, 0
     for trial in range(400):
         t = trial % tiles
@@ -69,7 +69,7 @@ def test_table_cut_codes_are_the_exact_inverse_cdf_draw_for_draw():
     cdf_p = np.ascontiguousarray(np.concatenate([-np.ones((rows, 1)), cdf, 2 * np.ones((rows, 1))], -1))
     cuts = fused_noise.table_cuts(cdf_p, median)
     lo, seed, cols = -5, np.uint64(3), 16
-    code, e, slow = np.empty(cols, np.int64), np.empty((cols, 2), np.uint64), np.empty(cols, np.bool_)
+    code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
     for trial in range(300):
         s = rng.integers(lo, lo + rows, cols)
         key0 = np.uint64(trial * cols)
