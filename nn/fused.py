@@ -271,7 +271,8 @@ if AVAILABLE:
         """:func:`_kernel` for noisy readouts through cut tables: every plane is read (an all-zero plane reads
         partial sums 0, noise and all), readings keyed as :func:`_kernel` keys them. Blocks of ``_BLOCK`` rows
         run tile by tile, so one tile's cuts serve the whole block from cache (row by row, a layer's tables,
-        tens of MB, were fetched again for every row)."""
+        tens of MB, were fetched again for every row); a tile's entries of partial sum 0 are gathered once for all
+        its all-zero planes."""
         m_rows, tiles, planes, _ = xw.shape
         cols = wp.shape[3]
         kstep = np.uint64(planes)
@@ -282,22 +283,31 @@ if AVAILABLE:
             s = np.empty(cols, np.int64)
             total = np.empty(cols, np.int64)
             code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
+            zeros, e_zero = np.zeros(cols, np.int64), np.empty((2, cols), np.uint64)
             for t in range(tiles):
+                fused_noise.gather_entries(zeros, t, cuts, s_lo, e_zero)
+                ti = t if cuts.shape[0] > 1 else 0
                 for i in range(nb):
                     m = m0 + i
                     total[:] = 0
                     for p in range(planes):
-                        if xnor or _live(xw, m, t, p):
+                        live = xnor or _live(xw, m, t, p)
+                        if live:
                             _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
-                        else:
-                            s[:] = 0
-                        if serial:
-                            _add_cut_readings(np.float64(bitw_int[p]), t, s,
-                                              np.uint64((m * tiles + t) * cols * planes + p), kstep, lo, thr, lev,
-                                              colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)
-                        else:
+                        if not serial:
+                            if live:
+                                for c in range(cols):
+                                    total[c] += bitw_int[p] * s[c]
+                            continue
+                        key0 = np.uint64((m * tiles + t) * cols * planes + p)
+                        if live:
+                            _add_cut_readings(np.float64(bitw_int[p]), t, s, key0, kstep, lo, thr, lev, colw, sigma,
+                                              cdf, seed, cuts, s_lo, acc[i], code, e, slow)
+                        else:  # an all-zero plane reads partial sums 0: the tile's entries, gathered once
+                            fused_noise.entry_codes(zeros, ti, e_zero, lo, seed, key0, kstep, thr, sigma, cdf, code,
+                                                    slow)
                             for c in range(cols):
-                                total[c] += bitw_int[p] * s[c]
+                                acc[i, c] += np.float64(bitw_int[p]) * lev[code[c]] * colw[c]
                     if not serial:
                         _add_cut_readings(1.0, t, total, np.uint64((m * tiles + t) * cols * planes), kstep, lo, thr,
                                           lev, colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)

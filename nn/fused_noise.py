@@ -132,25 +132,28 @@ if AVAILABLE:
         return a
 
     @njit(cache=True, inline="always")
-    def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):
-        """Codes ``code`` [C] of one input plane's readings of partial sums ``s`` [C] on tile t; reading c
-        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [2, C] (each entry's two words in
-        separate rows: the code loop then vectorizes with plain loads) and ``slow`` [C] are scratch."""
-        cols = s.shape[0]
+    def gather_entries(s, t, tab, s_lo, e):
+        """e [2, C]: the cut-table entries of partial sums ``s`` [C] on tile t (each entry's two words in separate
+        rows, so :func:`entry_codes`' loop vectorizes with plain loads)."""
         ti = t if tab.shape[0] > 1 else 0
         n_s = tab.shape[1]
         if tab.shape[2] > 1:
-            for c in range(cols):
+            for c in range(s.shape[0]):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
                 e[0, c] = tab[ti, r, c, 0]
                 e[1, c] = tab[ti, r, c, 1]
         else:
-            for c in range(cols):
+            for c in range(s.shape[0]):
                 r = min(max(s[c] - s_lo, 0), n_s - 1)
                 e[0, c] = tab[ti, r, 0, 0]
                 e[1, c] = tab[ti, r, 0, 1]
+
+    @njit(cache=True, inline="always")
+    def entry_codes(s, ti, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow):
+        """Codes ``code`` [C] of readings of partial sums ``s`` [C] through their gathered entries ``e`` [2, C]
+        (tile ``ti`` of the thresholds); reading c is keyed ``key0 + c * kstep``. ``slow`` [C] is scratch."""
         any_slow = np.uint64(0)
-        for c in range(cols):
+        for c in range(s.shape[0]):
             u = (_bits(seed, key0 + np.uint64(c) * kstep, 0) >> np.uint64(49)) * _ONES
             w0, w1 = e[0, c], e[1, c] & _LOW3
             g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
@@ -160,12 +163,18 @@ if AVAILABLE:
             slow[c] = bad != 0
             any_slow |= bad
         if any_slow != 0:
-            for c in range(cols):
+            for c in range(s.shape[0]):
                 if slow[c]:
                     key = key0 + np.uint64(c) * kstep
                     code[c] = _slow_code(_bits(seed, key, 0), s[c], ti, c if thr.shape[1] > 1 else 0, s[c] - lo,
                                          np.int64(e[1, c] >> np.uint64(48)), seed, key, thr, sigma, cdf)
 
+    @njit(cache=True, inline="always")
+    def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):
+        """Codes ``code`` [C] of one input plane's readings of partial sums ``s`` [C] on tile t; reading c
+        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [2, C] and ``slow`` [C] are scratch."""
+        gather_entries(s, t, tab, s_lo, e)
+        entry_codes(s, t if tab.shape[0] > 1 else 0, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow)
 
 def gaussian_range(thr: np.ndarray, sigma: float, lo: int, hi: int) -> tuple[int, int]:
     """(s_lo, n_s): the partial sums whose Gaussian readings the cut table must hold; beyond them 8 sigma
