@@ -258,12 +258,17 @@ if AVAILABLE:
 
 
     @njit(cache=True, inline="always")
+    def _add_codes(weight, code, lev, colw, acc):
+        """acc[c] += weight * the level of code[c], scaled by its column's weight."""
+        for c in range(code.shape[0]):
+            acc[c] += weight * lev[code[c]] * colw[c]
+
+    @njit(cache=True, inline="always")
     def _add_cut_readings(weight, t, s, key0, kstep, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo, acc, code, e,
                           slow):
         """acc[c] += weight * the noisy reading of s[c], every column c of tile t (:func:`nn.fused_noise.cut_codes`)."""
         fused_noise.cut_codes(s, t, cuts, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow)
-        for c in range(s.shape[0]):
-            acc[c] += weight * lev[code[c]] * colw[c]
+        _add_codes(weight, code, lev, colw, acc)
 
     @njit(parallel=True, cache=True)
     def _kernel_cuts(xw, wp, wm, minus, xnor, ssum, serial, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
@@ -285,7 +290,8 @@ if AVAILABLE:
             code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
             zeros, e_zero = np.zeros(cols, np.int64), np.empty((2, cols), np.uint64)
             for t in range(tiles):
-                fused_noise.gather_entries(zeros, t, cuts, s_lo, e_zero)
+                if serial:
+                    fused_noise.gather_entries(zeros, t, cuts, s_lo, e_zero)
                 ti = t if cuts.shape[0] > 1 else 0
                 for i in range(nb):
                     m = m0 + i
@@ -306,8 +312,7 @@ if AVAILABLE:
                         else:  # an all-zero plane reads partial sums 0: the tile's entries, gathered once
                             fused_noise.entry_codes(zeros, ti, e_zero, lo, seed, key0, kstep, thr, sigma, cdf, code,
                                                     slow)
-                            for c in range(cols):
-                                acc[i, c] += np.float64(bitw_int[p]) * lev[code[c]] * colw[c]
+                            _add_codes(np.float64(bitw_int[p]), code, lev, colw, acc[i])
                     if not serial:
                         _add_cut_readings(1.0, t, total, np.uint64((m * tiles + t) * cols * planes), kstep, lo, thr,
                                           lev, colw, sigma, cdf, seed, cuts, s_lo, acc[i], code, e, slow)

@@ -176,6 +176,7 @@ if AVAILABLE:
         gather_entries(s, t, tab, s_lo, e)
         entry_codes(s, t if tab.shape[0] > 1 else 0, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow)
 
+
 def gaussian_range(thr: np.ndarray, sigma: float, lo: int, hi: int) -> tuple[int, int]:
     """(s_lo, n_s): the partial sums whose Gaussian readings the cut table must hold; beyond them 8 sigma
     separate every threshold from s, so the clamped row's cuts (all 0 or all 2^15 - 1 bar the window's ends) are

@@ -221,6 +221,38 @@ def test_fused_noise_table_matches_reference_distribution(xnor):
     assert p > 1e-3
 
 
+@pytest.mark.parametrize("table,low", [(False, -0.1), (False, -0.3), (True, 0.0)])
+def test_all_zero_planes_read_like_the_reference(table, low):
+    """A tile's all-zero input planes (ReLU inputs' high bits) read partial sum 0 through the noise; on the cut
+    path they read the tile's entries of partial sum 0, gathered once per block. Per output column, the fused
+    outputs follow the reference path's distribution (chi-square, false-alarm rate 1e-3 per column), with
+    shifted thresholds (Gaussian) or a measured table whose row 0 leaves the noise-free code."""
+    adc = ADCConfig(bits=4, noise_sigma=0.3, psum_max=15.0)
+    if table:
+        rows = np.zeros((17, 16))
+        rows[np.arange(17), np.minimum(np.arange(17), 15)] = 1.0  # exact for psum 1..16 (clipped at 15) ...
+        rows[0] = [0.03, 0.93, 0.04] + [0.0] * 13  # ... and psum 0 leaves code 1 (down or up) with probability 0.07
+        adc = ADCConfig(bits=4, psum_max=15.0, noise_table=tuple(tuple(r) for r in rows))
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=16, columns_per_adc=1, n_macros=1, adcs_per_macro=24),
+                    quant=QuantConfig(weight_bits=2, input_bits=3))
+    torch.manual_seed(4)
+    layer = CIMLinear(32, 3, cim_config=cfg).double()
+    if not table:  # every column's own ADC, its first threshold moved by low..0.1 LSB
+        layer.load_adc_offsets(np.random.default_rng(2).uniform(low, 0.1, (1, 24, cfg.adc.n_thresholds)))
+    x = torch.zeros(6000, 32, dtype=torch.float64)
+    x[:, :5] = 1.0  # tile 0: plane 0 live, planes 1-2 all zero; tile 1: every plane all zero
+    x[3000:, :5] = 3.0
+    layer.set_noise_seed(7)
+    a, b = _both(layer, x)
+    for n in range(3):
+        values = sorted(set(a[:, n].tolist()) | set(b[:, n].tolist()))
+        ca = np.array([(a[:, n] == v).sum().item() for v in values])
+        cb = np.array([(b[:, n] == v).sum().item() for v in values])
+        keep = (ca + cb) >= 10
+        _, p, _, _ = stats.chi2_contingency(np.stack([ca[keep], cb[keep]]))
+        assert keep.sum() >= 3 and p > 1e-3, (n, p)
+
+
 def test_ziggurat_normal_is_standard_normal_tails_included():
     """The counter-based ziggurat draw: KS against N(0, 1) on 200k keys (false alarm 1e-3 at a fixed seed), and
     the share beyond the ziggurat's base R (drawn by the tail branch) within 5 sigma of its expectation."""
