@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from nn.convert import cim_layers
+from pipeline.artifacts import ArtifactError
 from pipeline.bfa import model0_on_its_path
 from pipeline.datasets import load_data
 
@@ -28,7 +29,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.sigma > 0 or min(args.images, args.runs) < 1:
         ap.error("need --sigma > 0 and --images, --runs >= 1")
-    model, header, _ = model0_on_its_path(args.model0)
+    try:
+        model, header, _ = model0_on_its_path(args.model0)
+    except ArtifactError as exc:
+        ap.exit(2, f"bench_noisy_model: {exc}\n")
     x = load_data(header["data"], 16, args.images).x_test
 
     def timed(sigma: float) -> float:
