@@ -24,7 +24,7 @@ def attacked(trained_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("atk") / "run"
     shutil.copytree(trained_run, run)
     with make_executor(1) as ex:
-        finetune(run, FinetuneConfig(tag="tiny", adc="sar", wl_ratio=10.0, chips=(0, 1, 2), iters=10, batch=50,
+        finetune(run, FinetuneConfig(tag="tiny", adc="sar", wl_ratio=10.0, chips=(0, 1, 2), iters=30, batch=50,
                                      lr=1e-3, eval_images=100, train_subset=600, cross_chips=0, bn_batches=0), ex)
         res = attack(run, AttackConfig(**ATTACK), ex)
     return run, res
