@@ -1,6 +1,8 @@
 """Chip-in-the-loop costs on a real run (issues 8 and 9), measured in one run: median of ``--runs``.
 
 On chip ``--chip`` of a design of a finished ``train`` + ``chips`` run (model0 loaded on that chip's offsets):
+- a CIM forward on the chip vs the same model's digital forward (model0's weights, fake-quantized in float,
+  the software path) of the same batch: what putting a network on a chip costs every chip-in-the-loop stage;
 - a finetune step (forward on the chip with autograd, straight-through backward, AdamW step; the weights are
   re-quantized by the next forward, as in the finetune stage) vs a CIM forward of the same batch (no grad);
 - one C&W L2 iteration (our CWL2, one binary-search step, no early abort, per-iteration cost) vs a CIM forward
@@ -44,6 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     design = Design(args.run_dir, args.tag, args.adc, args.wl)
     model = design.model(f"raw_c{args.chip}")
+    digital = design.model("model0")
     header, _ = load_checkpoint(design.paths.model0(args.tag), fix="run `cimcosim train` first")
     data = load_data(header["data"], 2000, args.attack_batch)
     x = data.x_train[:args.batch]
@@ -59,6 +62,10 @@ def main() -> None:
         with torch.no_grad():
             model(x)
 
+    def digital_forward() -> None:
+        with torch.no_grad():
+            digital(x)
+
     def step() -> None:
         train_steps(model, opt, data.x_train, data.y_train, steps=1, batch=args.batch, generator=gen,
                     lr_at=lambda s: cosine_lr(1e-4, s, 100))
@@ -70,11 +77,12 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     cw = CWL2(max_iterations=args.cw_iterations, binary_search_steps=1, abort_early=False)
-    for fn in (forward, step, fwd_bwd):
+    for fn in (forward, digital_forward, step, fwd_bwd):
         fn()  # warm-up (numba compilation, weight packing)
-    t: dict[str, list[float]] = {"forward": [], "step": [], "fwd_bwd": [], "cw_iter": []}
+    t: dict[str, list[float]] = {"forward": [], "digital": [], "step": [], "fwd_bwd": [], "cw_iter": []}
     for _ in range(args.runs):
         t["forward"].append(_timed(forward))
+        t["digital"].append(_timed(digital_forward))
         t["step"].append(_timed(step))
         t["fwd_bwd"].append(_timed(fwd_bwd))
         model.eval()
@@ -82,6 +90,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in t.items()}
     for k, v in t.items():
         print(f"{k:>8}: median {med[k]:.3f} s  ({', '.join(f'{s:.3f}' for s in v)})")
+    print(f"RESULT cim_forward_vs_digital_forward={med['forward'] / med['digital']:.2f}")
     print(f"RESULT finetune_step_vs_cim_forward={med['step'] / med['forward']:.2f}")
     print(f"RESULT cw_iteration_vs_cim_fwd_bwd={med['cw_iter'] / med['fwd_bwd']:.2f}")
 
