@@ -133,6 +133,12 @@ class AttackConfig:
             raise ConfigError(f"initial_const={self.initial_const!r} must be > 0")
         if self.eot < 0 or self.binary_search_steps < 1:
             raise ConfigError("eot must be >= 0 and binary_search_steps >= 1")
+        if self.eot_chips and len(self.eot_chips) != self.eot:
+            raise ConfigError(f"eot_chips={list(self.eot_chips)} names {len(self.eot_chips)} chips but eot={self.eot}; "
+                              "give as many chips as the EOT averages over")
+        if self.target_chip in self.eot_chips:
+            raise ConfigError(f"eot_chips={list(self.eot_chips)} holds the target chip {self.target_chip}: the "
+                              "adaptive attacker knows the population, not chip 1")
 
     def make(self, seed: int) -> Attack:
         """The configured attack object."""

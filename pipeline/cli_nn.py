@@ -195,6 +195,9 @@ def add_attack_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
     a.add_argument("--initial-const", type=float, default=None,
                    help="C&W starting c (reference: 1e-3 L2/L0, 1e-5 Linf); raise it for short budgets")
     a.add_argument("--eot", type=int, default=d.eot, help="adaptive attacker: EOT over K other finetuned chips")
+    a.add_argument("--eot-chips", nargs="*", default=[],
+                   help="the adaptive attacker's chips, e.g. 1-3 (default: the first K finetuned chips that are "
+                        "neither target nor source; sets K when --eot is not given)")
     a.add_argument("--sw-tag", default=None, help="control: another software model (train tag) as a target")
     a.add_argument("--no-white-box", action="store_true",
                    help="skip attacking chip 1 itself (the white-box control; the costliest source)")
@@ -208,13 +211,15 @@ def run_attack(args: argparse.Namespace) -> None:
     from pipeline.executor import make_executor
     from pipeline.finetune import parse_chips
 
+    eot_chips = parse_chips(args.eot_chips) if args.eot_chips else ()
     cfg = AttackConfig(tag=args.tag, adc=args.adc, wl_ratio=args.wl, attack=args.attack, cases=tuple(args.cases),
                        target_chip=args.target_chip, source_chip=args.source_chip,
                        transfer_chips=parse_chips(args.transfer_chips) if args.transfer_chips else (),
                        n_images=args.n_images, confidence=args.confidence, eps=args.eps,
                        max_iterations=args.max_iterations, binary_search_steps=args.binary_search_steps,
                        initial_const=args.initial_const,
-                       eot=args.eot, sw_tag=args.sw_tag, seed=args.seed, white_box=not args.no_white_box)
+                       eot=args.eot or len(eot_chips), eot_chips=eot_chips, sw_tag=args.sw_tag, seed=args.seed,
+                       white_box=not args.no_white_box)
     _check_device(args.device)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")

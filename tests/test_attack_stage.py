@@ -88,6 +88,9 @@ def test_without_the_white_box_source_the_transfer_sources_are_reused(attacked, 
     (["--attack", "pgd", "--eps", "1.5"], "eps=1.5 must be in (0, 1]"),
     (["--attack", "pgd", "--n-images", "0"], "n_images=0 must be a positive integer"),
     (["--attack", "pgd", "--target-chip", "3"], "chip 3 of sar W/L=10 is not finetuned yet"),
+    (["--attack", "pgd", "--eot-chips", "0-1"], "holds the target chip 0"),
+    (["--attack", "pgd", "--eot-chips", "1", "--eot", "2"], "names 1 chips but eot=2"),
+    (["--attack", "pgd", "--eot-chips", "2-3"], "chip 3 of sar W/L=10 is not finetuned yet"),
 ])
 def test_attack_bad_input(capsys, attacked, extra, needle):
     run, _ = attacked
