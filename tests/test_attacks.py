@@ -167,6 +167,25 @@ def test_adversarial_training_keeps_batchnorm_statistics_clean():
     assert model.training
 
 
+def test_pgd_restarts_attack_only_the_images_no_start_has_fooled(float_model):
+    """Each restart runs on the images still standing (its batches shrink, never to an image already fooled), and
+    an image a restart fools is returned as that restart made it."""
+    model, x, y = float_model
+    batches: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            batches.append(len(z))
+            return model(z)
+
+    attack = PGD(eps=0.03, alpha=0.01, steps=2, seed=3, restarts=3)
+    adv = attack(Counting(), x, y)
+    fooled_first = len(x) - batches[3]  # one start: 2 gradient forwards and 1 judging forward, then restart 2
+    assert 0 < fooled_first < len(x), batches
+    assert batches[:3] == [len(x)] * 3 and len(x) > batches[3] >= batches[-1] > 0, batches
+    assert int((_pred(model, adv) != y).sum()) >= fooled_first
+
+
 def test_pgd_restarts_keep_every_image_the_first_start_fooled(float_model):
     """R restarts begin with the single-start run (same seed, same first draw) and never give up a fooling
     example, so they fool a superset of its images, inside the same ball."""

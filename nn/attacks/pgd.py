@@ -12,6 +12,8 @@ Against masked gradients (a defence is only as strong as the strongest attack tr
 useful gradient where the softmax saturates (Carlini and Wagner's f6 without the clamp; the DLR idea of
 Croce and Hein's AutoAttack, ICML 2020, without its rescaling); ``restarts=R`` runs R random starts and keeps,
 per image, the first example that fools the model, else the one of highest loss (Madry et al.'s restarts).
+A restart attacks only the images no start has fooled yet (as AutoAttack's restarts do): a fooling example is
+never replaced, so the others' starts would be wasted work.
 """
 
 from __future__ import annotations
@@ -80,11 +82,16 @@ class PGD(Attack):
             return best
         best_fooled, best_loss = self.judge(model, best, labels)
         for _ in range(self.restarts - 1):
-            x = self.one_start(model, images, labels)
-            fooled, loss = self.judge(model, x, labels)
-            better = ~best_fooled & (fooled | (loss > best_loss))  # a fooling example is never replaced
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x, best)
-            best_fooled, best_loss = best_fooled | fooled, torch.where(better, loss, best_loss)
+            todo = (~best_fooled).nonzero().flatten()
+            if not len(todo):
+                break
+            x = self.one_start(model, images[todo], labels[todo])
+            fooled, loss = self.judge(model, x, labels[todo])
+            better = fooled | (loss > best_loss[todo])
+            idx = todo[better]
+            best = best.index_copy(0, idx, x[better])
+            best_fooled = best_fooled.index_fill(0, idx[fooled[better]], True)
+            best_loss = best_loss.index_copy(0, idx, loss[better])
         return best
 
     def one_start(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
