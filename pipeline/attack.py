@@ -260,7 +260,7 @@ def _eot_chips(cfg: AttackConfig, design: Design) -> tuple[int, ...]:
         finetuned = sorted(int(p.stem.split("_")[1]) for p in
                            design.paths.finetune_dir(cfg.tag, cfg.adc, cfg.wl_ratio).glob("chip_*.pt"))
         chips = tuple(k for k in finetuned if k not in (cfg.target_chip, cfg.source_chip))[:cfg.eot]
-    if len(chips) < cfg.eot or cfg.target_chip in chips:
+    if len(chips) < cfg.eot:  # (a target chip among eot_chips is refused by AttackConfig)
         raise ConfigError(f"the adaptive attacker needs {cfg.eot} finetuned chips other than the target chip "
                           f"{cfg.target_chip}; found {list(chips)}; finetune more chips first")
     return tuple(chips)

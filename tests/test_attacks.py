@@ -169,7 +169,7 @@ def test_adversarial_training_keeps_batchnorm_statistics_clean():
 
 def test_pgd_restarts_attack_only_the_images_no_start_has_fooled(float_model):
     """Each restart runs on the images still standing (its batches shrink, never to an image already fooled), and
-    an image a restart fools is returned as that restart made it."""
+    the result fools at least the images the first start fooled."""
     model, x, y = float_model
     batches: list[int] = []
 
