@@ -8,12 +8,17 @@ code (the table row's median code), the seven cut points P_base .. P_base+6 roun
 lanes, and ``base`` in the eighth lane. A reading compares the top 15 bits of its random word with four cuts at
 once (SWAR: four lanes of one uint64), twice, and counts the cuts passed.
 
-Exactness: u = (u15 + r) / 2^15 with u15 the top 15 bits of the reading's random word and r a further
-uniform. A cut q_k = floor(P_k 2^15) decides u >= P_k whenever u15 != q_k (u15 > q_k implies u >= P_k,
-u15 < q_k implies u < P_k). A reading whose u15 equals a cut, or falls outside the window, takes the slow
-path: r is drawn from the reading's second random word and the code is walked with the exact P_k. So every
-reading is an exact inverse-CDF draw of the model's distribution, whatever the rounding of the cuts (tested
-draw for draw); the window only decides how often the slow path runs.
+Random bits: a reading needs 15 of them in the fast path, so each 64-bit word of the counter stream serves four
+readings: the columns 4g .. 4g + 3 of one input plane share the word keyed by column 4g's reading key, column c
+taking the top 15 bits of the word's 16-bit lane c mod 4 (one hash per four readings: 1.8 -> 0.8 ns a reading
+on one 256-column tile). Words of distinct groups have distinct keys, since each is a reading's own key.
+
+Exactness: u = (u15 + r) / 2^15 with u15 the reading's 15 bits and r a further uniform. A cut q_k = floor(P_k
+2^15) decides u >= P_k whenever u15 != q_k (u15 > q_k implies u >= P_k, u15 < q_k implies u < P_k). A reading
+whose u15 equals a cut, or falls outside the window, takes the slow path: r is drawn from the reading's own
+second word (its key, stream 1) and the code is walked with the exact P_k. So every reading is an exact
+inverse-CDF draw of the model's distribution, whatever the rounding of the cuts (tested draw for draw); the
+window only decides how often the slow path runs.
 
 The kernels read a whole tile's columns per input plane in three loops -- gather the entries, compute codes
 (vectorized: the random word, lane compares and popcounts have no branch), then the rare slow readings --
@@ -114,9 +119,9 @@ if AVAILABLE:
         return out
 
     @njit(cache=True)
-    def _slow_code(h, s, ti, ci, row, base, seed, key, thr, sigma, cdf):
+    def _slow_code(u15, s, ti, ci, row, base, seed, key, thr, sigma, cdf):
         """Exact inverse-CDF code of a reading the cuts could not decide (a tie or outside the window)."""
-        u = (np.float64(h >> np.uint64(49)) + _uniform(seed, key, 1)) * (1.0 / _Q)
+        u = (np.float64(u15) + _uniform(seed, key, 1)) * (1.0 / _Q)
         a = base
         if sigma > 0.0:
             sf = np.float64(s)
@@ -133,8 +138,9 @@ if AVAILABLE:
 
     @njit(cache=True, inline="always")
     def gather_entries(s, t, tab, s_lo, e):
-        """e [2, C]: the cut-table entries of partial sums ``s`` [C] on tile t (each entry's two words in separate
-        rows, so :func:`entry_codes`' loop vectorizes with plain loads)."""
+        """e [3, C]: rows 0-1 the cut-table entries of partial sums ``s`` [C] on tile t (each entry's two words in
+        separate rows, so :func:`entry_codes`' loop vectorizes with plain loads); row 2 is :func:`entry_codes`'
+        scratch."""
         ti = t if tab.shape[0] > 1 else 0
         n_s = tab.shape[1]
         if tab.shape[2] > 1:
@@ -149,12 +155,22 @@ if AVAILABLE:
                 e[1, c] = tab[ti, r, 0, 1]
 
     @njit(cache=True, inline="always")
+    def reading_bits(seed, key0, kstep, e):
+        """The fast path's random bits of readings c = 0 .. C - 1 keyed ``key0 + c * kstep``: one word per four
+        columns into ``e[2, :ceil(C / 4)]``, returned as C uint16 lanes (column c's u15 = lane c >> 1)."""
+        words = e[2]
+        for g in range((e.shape[1] + 3) >> 2):
+            words[g] = _bits(seed, key0 + np.uint64(4 * g) * kstep, 0)
+        return words.view(np.uint16)
+
+    @njit(cache=True, inline="always")
     def entry_codes(s, ti, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow):
-        """Codes ``code`` [C] of readings of partial sums ``s`` [C] through their gathered entries ``e`` [2, C]
+        """Codes ``code`` [C] of readings of partial sums ``s`` [C] through their gathered entries ``e`` [3, C]
         (tile ``ti`` of the thresholds); reading c is keyed ``key0 + c * kstep``. ``slow`` [C] is scratch."""
+        lanes = reading_bits(seed, key0, kstep, e)
         any_slow = np.uint64(0)
         for c in range(s.shape[0]):
-            u = (_bits(seed, key0 + np.uint64(c) * kstep, 0) >> np.uint64(49)) * _ONES
+            u = np.uint64(lanes[c] >> np.uint16(1)) * _ONES
             w0, w1 = e[0, c], e[1, c] & _LOW3
             g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
             tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
@@ -165,14 +181,14 @@ if AVAILABLE:
         if any_slow != 0:
             for c in range(s.shape[0]):
                 if slow[c]:
-                    key = key0 + np.uint64(c) * kstep
-                    code[c] = _slow_code(_bits(seed, key, 0), s[c], ti, c if thr.shape[1] > 1 else 0, s[c] - lo,
-                                         np.int64(e[1, c] >> np.uint64(48)), seed, key, thr, sigma, cdf)
+                    code[c] = _slow_code(lanes[c] >> np.uint16(1), s[c], ti, c if thr.shape[1] > 1 else 0,
+                                         s[c] - lo, np.int64(e[1, c] >> np.uint64(48)), seed,
+                                         key0 + np.uint64(c) * kstep, thr, sigma, cdf)
 
     @njit(cache=True, inline="always")
     def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):
         """Codes ``code`` [C] of one input plane's readings of partial sums ``s`` [C] on tile t; reading c
-        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [2, C] and ``slow`` [C] are scratch."""
+        is keyed ``key0 + c * kstep`` (the walking readout's keys). ``e`` [3, C] and ``slow`` [C] are scratch."""
         gather_entries(s, t, tab, s_lo, e)
         entry_codes(s, t if tab.shape[0] > 1 else 0, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow)
 

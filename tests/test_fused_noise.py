@@ -12,12 +12,17 @@ from nn import fused, fused_noise
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed (the engine falls back to torch)")
 
 
-def _uniforms(seed: np.uint64, keys: np.ndarray) -> np.ndarray:
-    """The u in [0, 1) each reading is drawn with: its random word's top 15 bits plus the second word's fraction."""
+def _uniforms(seed: np.uint64, key0: np.uint64, kstep: int, cols: int) -> np.ndarray:
+    """The u in [0, 1) each reading c (key ``key0 + c * kstep``) is drawn with: the top 15 bits of lane c mod 4
+    of its group's word (keyed by column 4 * (c // 4)) plus the fraction of its own second word."""
     from nn._numba_prims import _bits, _uniform
 
-    return np.array([(float(_bits(seed, np.uint64(k), 0) >> np.uint64(49)) + _uniform(seed, np.uint64(k), 1)) / 32768
-                     for k in keys])
+    out = []
+    for c in range(cols):
+        word = int(_bits(seed, np.uint64(int(key0) + 4 * (c // 4) * kstep), 0))
+        u15 = (word >> (16 * (c % 4) + 1)) & 0x7FFF
+        out.append((u15 + _uniform(seed, np.uint64(int(key0) + c * kstep), 1)) / 32768)
+    return np.array(out)
 
 
 def _padded(thr: np.ndarray) -> np.ndarray:
@@ -38,7 +43,7 @@ def test_gaussian_cut_codes_are_the_exact_inverse_cdf_draw_for_draw(sigma):
     assert s_lo + n_s - 1 < hi  # the clamp is exercised
     cuts = fused_noise.gaussian_cuts(thr, s_lo, n_s, sigma)
     seed, planes = np.uint64(987654321), 3
-    code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
+    code, e, slow = np.empty(cols, np.int64), np.empty((3, cols), np.uint64), np.empty(cols, np.bool_)
     mismatches, n_slow, total = 0, 0, 0
     for trial in range(400):
         t = trial % tiles
@@ -46,7 +51,7 @@ def test_gaussian_cut_codes_are_the_exact_inverse_cdf_draw_for_draw(sigma):
         key0 = np.uint64(trial * cols * planes)
         fused_noise.cut_codes(s, t, cuts, s_lo, lo, seed, key0, np.uint64(planes), thr, sigma, np.zeros((1, 1)),
                               e, code, slow)
-        u = _uniforms(seed, key0 + np.arange(cols, dtype=np.uint64) * np.uint64(planes))
+        u = _uniforms(seed, key0, planes, cols)
         p = 0.5 * np.vectorize(math.erfc)(-(thr[t, :, 1:-1] - s[:, None]) / sigma / math.sqrt(2))
         exact = (u[:, None] >= p).sum(-1)
         mismatches += int((exact != code).sum())
@@ -69,12 +74,12 @@ def test_table_cut_codes_are_the_exact_inverse_cdf_draw_for_draw():
     cdf_p = np.ascontiguousarray(np.concatenate([-np.ones((rows, 1)), cdf, 2 * np.ones((rows, 1))], -1))
     cuts = fused_noise.table_cuts(cdf_p, median)
     lo, seed, cols = -5, np.uint64(3), 16
-    code, e, slow = np.empty(cols, np.int64), np.empty((2, cols), np.uint64), np.empty(cols, np.bool_)
+    code, e, slow = np.empty(cols, np.int64), np.empty((3, cols), np.uint64), np.empty(cols, np.bool_)
     for trial in range(300):
         s = rng.integers(lo, lo + rows, cols)
         key0 = np.uint64(trial * cols)
         fused_noise.cut_codes(s, 0, cuts, lo, lo, seed, key0, np.uint64(1), np.zeros((1, 1, 1)), 0.0, cdf_p, e, code,
                               slow)
-        u = _uniforms(seed, key0 + np.arange(cols, dtype=np.uint64))
+        u = _uniforms(seed, key0, 1, cols)
         exact = (u[:, None] >= cdf[s - lo]).sum(-1)
         assert np.array_equal(exact, code)
