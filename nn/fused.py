@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 _LUT_MAX_ENTRIES = 2**25  # noise-free lookup tables up to 256 MiB (float64); larger: threshold search
 MODE_LUT, MODE_THRESHOLDS, MODE_CUTS = 0, 1, 2
-_BLOCK = 16  # rows per block of the cut-table and multi-level kernels
+_BLOCK = 16  # rows per block of the kernels (tile by tile within a block)
 
 if AVAILABLE:
 
@@ -174,45 +174,50 @@ if AVAILABLE:
                 code0, walk, qstep, lev, colw, sigma, cdf, seed, out):
         """out[m, n] = sum over tiles, slices/polarities (columns c = g * n_out + n) and input planes of the
         weighted ADC readings. With ``skip_zero`` (noise-free readouts), an all-zero input plane of a tile is not
-        counted: its columns read ``zero[t, c]``, added with the plane's weight. (Multi-level inputs,
+        counted: its columns read ``zero[t, c]``, added with the plane's weight. Blocks of ``_BLOCK`` rows run
+        tile by tile, so a tile's lookup table (up to ~1 MB) serves the block from cache. (Multi-level inputs,
         ``serial`` False, normally take the matmul path, :func:`_run_dense`; this branch is its test oracle.)"""
         m_rows, tiles, planes, _ = xw.shape
         cols = wp.shape[3]
-        for m in prange(m_rows):
-            acc = np.zeros(cols)
+        for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
+            m0 = blk * _BLOCK
+            nb = min(_BLOCK, m_rows - m0)
+            acc = np.zeros((nb, cols))
             s = np.empty(cols, np.int64)
             total = np.empty(cols, np.int64)
             for t in range(tiles):
-                zero_w = 0.0
-                total[:] = 0
-                for p in range(planes):
-                    live = _live(xw, m, t, p)
-                    if not live and skip_zero:
-                        zero_w += bitw[p]
-                        continue
-                    if live or xnor:
-                        _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
-                    else:  # an all-zero plane of a noisy readout: partial sums 0, each read (noise and all)
-                        s[:] = 0
+                for i in range(nb):
+                    m = m0 + i
+                    zero_w = 0.0
+                    total[:] = 0
+                    for p in range(planes):
+                        live = _live(xw, m, t, p)
+                        if not live and skip_zero:
+                            zero_w += bitw[p]
+                            continue
+                        if live or xnor:
+                            _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum)
+                        else:  # an all-zero plane of a noisy readout: partial sums 0, each read (noise and all)
+                            s[:] = 0
+                        if serial:
+                            base = np.uint64((m * tiles + t) * cols * planes + p)
+                            for c in range(cols):
+                                acc[i, c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, code0, walk, qstep, lev,
+                                                             colw, sigma, cdf, seed, base + np.uint64(c * planes))
+                        else:
+                            for c in range(cols):
+                                total[c] += bitw_int[p] * s[c]
                     if serial:
-                        base = np.uint64((m * tiles + t) * cols * planes + p)
-                        for c in range(cols):
-                            acc[c] += bitw[p] * _read(mode, t, c, s[c], lo, lut, thr, code0, walk, qstep, lev, colw,
-                                                      sigma, cdf, seed, base + np.uint64(c * planes))
+                        if zero_w != 0.0:
+                            for c in range(cols):
+                                acc[i, c] += zero_w * zero[t, c]
                     else:
+                        base = np.uint64((m * tiles + t) * cols * planes)
                         for c in range(cols):
-                            total[c] += bitw_int[p] * s[c]
-                if serial:
-                    if zero_w != 0.0:
-                        for c in range(cols):
-                            acc[c] += zero_w * zero[t, c]
-                else:
-                    base = np.uint64((m * tiles + t) * cols * planes)
-                    for c in range(cols):
-                        acc[c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, qstep, lev, colw, sigma,
-                                        cdf, seed, base + np.uint64(c * planes))
-            _fold_columns(acc, n_out, out, m)
-
+                            acc[i, c] += _read(mode, t, c, total[c], lo, lut, thr, code0, walk, qstep, lev, colw,
+                                               sigma, cdf, seed, base + np.uint64(c * planes))
+            for i in range(nb):
+                _fold_columns(acc[i], n_out, out, m0 + i)
 
     @njit(parallel=True, cache=True)
     def _kernel_dense(ps, row0, planes, n_out, lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed,

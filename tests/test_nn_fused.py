@@ -51,6 +51,22 @@ def test_fused_equals_reference_bit_for_bit(case):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode,lut_limit", [("bit_serial", None), ("bit_serial", 0), ("multilevel", 0)])
+def test_fused_blocks_of_rows_equal_reference_bit_for_bit(mode, lut_limit, monkeypatch):
+    """The kernels run rows in blocks of ``fused._BLOCK``, tile by tile: 2.3 blocks of rows (two full, one ragged)
+    read exactly what the reference reads, through lookup tables and (tables off) the threshold search."""
+    if lut_limit is not None:
+        monkeypatch.setattr(fused, "_LUT_MAX_ENTRIES", lut_limit)
+    cfg = CIMConfig(adc=ADCConfig(bits=5), array=ArrayConfig(rows=40, cell_bits=2, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=4, input_bits=6, input_mode=mode))
+    torch.manual_seed(4)
+    layer = CIMLinear(100, 7, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(2).normal(0, 1.5, (2, 4, cfg.adc.n_thresholds)))
+    n_rows = 2 * fused._BLOCK + fused._BLOCK // 3
+    a, b = _both(layer, torch.randn(n_rows, 100, dtype=torch.float64) * 2)
+    assert torch.equal(a, b) and len(set(a.flatten().tolist())) > 20
+
+
 XNOR_CASES = [c for c in itertools.product([1, 4], [1, 2], [1, 4], [False, True], ["flash", "sar"],
                                            [None, "1bit", "3.5bit"]) if not (c[3] and c[2] < 2)]
 
