@@ -97,6 +97,49 @@ if AVAILABLE:
                         k += 1
         return out
 
+    @njit(parallel=True, cache=True)
+    def _pack_windows_u8(vp, kh, kw, sh, sw, dh, dw, ho, wo, tiles, rows, nbits):
+        """:func:`_pack_windows` for 8-bit codes, the same output, from ``vp`` [B, C, H + 2 ph, W + 2 pw] (uint8,
+        zero-padded): per row the window's bytes are copied to a buffer laid out tile by tile (each tile padded
+        to whole words), then each 64-row word of each plane is taken from eight 8-byte lanes, bit p of every
+        byte gathered by one multiply: ((x >> p) & 0x01..01) * 0x0102..80 >> 56. (The bit-by-bit packer, a
+        read-modify-write per plane and byte behind a data-dependent branch, cost 5.5 s of a 20.7 s
+        DenseNet-40 chip forward; this one ~1 s.)"""
+        batch, chans = vp.shape[0], vp.shape[1]
+        words = (rows + 63) // 64
+        span = words * 64
+        m_rows = batch * ho * wo
+        n_k = chans * kh * kw
+        where = np.empty(n_k, np.int64)  # buffer byte of window row k (row k = (c, i, j), F.unfold's order)
+        for k in range(n_k):
+            where[k] = (k // rows) * span + k % rows
+        out = np.empty((m_rows, tiles, nbits, words), np.uint64)
+        ones, magic = np.uint64(0x0101010101010101), np.uint64(0x0102040810204080)
+        for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
+            buf = np.zeros(tiles * span, np.uint8)  # bytes past a tile's rows (and past the window) stay 0
+            lanes = buf.view(np.uint64)
+            for m in range(blk * _BLOCK, min((blk + 1) * _BLOCK, m_rows)):
+                b = m // (ho * wo)
+                y0 = ((m // wo) % ho) * sh
+                x0 = (m % wo) * sw
+                k = 0
+                for c in range(chans):
+                    for i in range(kh):
+                        line = vp[b, c, y0 + i * dh]
+                        for j in range(kw):
+                            buf[where[k]] = line[x0 + j * dw]
+                            k += 1
+                for t in range(tiles):
+                    for w in range(words):
+                        base = (t * span + w * 64) >> 3
+                        for p in range(nbits):
+                            acc = np.uint64(0)
+                            for q in range(8):
+                                acc |= (((lanes[base + q] >> np.uint64(p)) & ones) * magic >> np.uint64(56)) \
+                                    << np.uint64(8 * q)
+                            out[m, t, p, w] = acc
+        return out
+
     @njit(cache=True, inline="always")
     def _psums(xw, wp, wm, minus, m, t, p, s, xnor, ssum):
         """Integer partial sums of every column of tile t for input plane p of row m, into ``s`` [C]: columns
@@ -405,7 +448,11 @@ def conv_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
         tiles = math.ceil(cells.shape[2] / rows)
         v = _input_bits(x_int, cfg)
         codes = np.ascontiguousarray(v.to(torch.uint8 if cfg.quant.input_bits <= 8 else torch.int32).numpy())
-        xw = _pack_windows(codes, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
+        if codes.dtype == np.uint8:
+            padded = np.pad(codes, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else codes
+            xw = _pack_windows_u8(padded, kh, kw, sh, sw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
+        else:
+            xw = _pack_windows(codes, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, tiles, rows, cfg.quant.input_bits)
         y = _run(xw, cells, cfg, shift, generator, table_cache, x_int.dtype)  # [B * Ho * Wo, N]
     return y.reshape(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
 

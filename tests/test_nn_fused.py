@@ -104,6 +104,24 @@ def test_fused_conv_packs_windows_like_unfold(stride, padding, dilation):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("rows,nbits,geometry", [(31, 8, (3, 1, 1, 1)), (128, 5, (3, 2, 0, 1)), (100, 8, (2, 1, 2, 2)),
+                                                 (64, 1, (1, 1, 0, 1))])
+def test_byte_window_packing_equals_the_bit_loop(rows, nbits, geometry):
+    """The 8-bit window packer (byte lanes, one multiply per 8 rows and plane) writes exactly the words of the
+    bit-by-bit packer: tiles of 31 / 64 / 100 / 128 rows (a partial second word), padding, stride, dilation."""
+    k, stride, pad, dil = geometry
+    v = np.random.default_rng(rows).integers(0, 2**nbits, (3, 7, 9, 8)).astype(np.uint8)
+    v[v < 2**nbits // 3] = 0  # ReLU-like zeros
+    ho = (9 + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    wo = (8 + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    tiles = -(-7 * k * k // rows)
+    args = (k, k, stride, stride, pad, pad, dil, dil, ho, wo, tiles, rows, nbits)
+    a = fused._pack_windows_u8(np.pad(v, ((0, 0), (0, 0), (pad, pad), (pad, pad))), k, k, stride, stride, dil, dil, ho,
+                               wo, tiles, rows, nbits)
+    b = fused._pack_windows(v, *args)
+    assert a.shape == b.shape and np.array_equal(a, b) and b.any()
+
+
 @pytest.mark.parametrize("kind,signed,sigma", [("flash", False, 0.0), ("sar", False, 3.0), ("flash", True, 3.0)])
 def test_multilevel_matmul_path_equals_the_popcount_path_draw_for_draw(kind, signed, sigma):
     """Multi-level inputs read through a float matmul's partial sums give exactly what the bit-packed
