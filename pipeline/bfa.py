@@ -80,6 +80,9 @@ class BFAConfig:
     > 0 puts model0 on its chip path."""
     seed: int = 1
     """Root seed (attack batches, random flips, noise draws)."""
+    noise_off: bool = False
+    """Read the chip without the read noise model0 was trained with (the control that separates the weights from
+    the noisy readout: does a noise-trained network resist BFA, or does its noise hide the gradient?)."""
     candidates: int = 1
     """Bits per layer tried one at a time on the model's own forward at each step (1: the reference's top-1;
     more: a stronger attacker where the straight-through gradient misjudges the chip, :class:`nn.attacks.BFA`)."""
@@ -93,15 +96,22 @@ class BFAConfig:
             raise ConfigError(f"target_acc={self.target_acc!r} must be in [0, 1]")
         if not (math.isfinite(self.noise_sigma_psum) and self.noise_sigma_psum >= 0):
             raise ConfigError(f"noise_sigma_psum={self.noise_sigma_psum!r} must be >= 0")
+        if self.noise_off and self.noise_sigma_psum > 0:
+            raise ConfigError("noise_off and noise_sigma_psum > 0 contradict each other: give one of "
+                              "--noise-off / --noise-sigma")
 
 
-def model0_on_its_path(path: Path, noise_sigma_psum: float = 0.0) -> tuple[torch.nn.Module, dict[str, Any], bool]:
+def model0_on_its_path(path: Path, noise_sigma_psum: float = 0.0, noise_off: bool = False
+                       ) -> tuple[torch.nn.Module, dict[str, Any], bool]:
     """(model0, header, chip path?): digital for a plain model0, the chip path for one trained with noise or
-    partial-sum quantization (as it was trained and tested) or when noise is added here."""
+    partial-sum quantization (as it was trained and tested) or when noise is added here; ``noise_off`` reads
+    the chip without any read noise (Gaussian or table)."""
     def cim(header: dict[str, Any]) -> Any:
         from nn import CIMConfig
 
         c = CIMConfig.from_dict(header["cim"])
+        if noise_off:
+            return replace(c, adc=replace(c.adc, noise_sigma=0.0, noise_table=None))
         return replace(c, adc=replace(c.adc, noise_sigma=noise_sigma_psum)) if noise_sigma_psum > 0 else c
 
     model, header = load_model(path, fix=FIX_TRAIN, kind="model0", cim=cim)
@@ -125,7 +135,7 @@ def bfa_run(run_dir: str, cfg: BFAConfig, r: int, key: str, threads: int, replay
     paths = RunPaths(Path(run_dir))
     ss = np.random.SeedSequence(cfg.seed, spawn_key=(STAGE_BFA, r))
     seeds = [int(v >> 1) for v in ss.generate_state(3, np.uint64)]
-    model, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)
+    model, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum, cfg.noise_off)
     data = load_data(header["data"], None, cfg.eval_images)
     gen = torch.Generator().manual_seed(seeds[0])
     idx = torch.randperm(len(data.x_train), generator=gen)[:cfg.attack_batch]
@@ -226,10 +236,13 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
     paths = RunPaths(Path(run_dir))
     if not paths.model0(cfg.tag).is_file():
         raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
-    _, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum)  # a bad checkpoint fails here
+    # a bad checkpoint fails here
+    _, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum, cfg.noise_off)
     settings = asdict(cfg)
     if cfg.candidates == 1:  # the reference attack keeps the key it had before the option existed
         del settings["candidates"]
+    if not cfg.noise_off:  # (the same for the noise control)
+        del settings["noise_off"]
     del settings["runs"]  # run r does not depend on how many runs there are: --runs 5 after --runs 2 reuses 0-1
     if chip:  # the chip reads flipped cells as stored (see nn.attacks.bfa): earlier chip-path runs are redone
         settings["cells"] = CELLS_VERSION

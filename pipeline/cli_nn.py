@@ -247,6 +247,8 @@ def add_bfa_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
     b.add_argument("--target-acc", type=float, default=d.target_acc)
     b.add_argument("--eval-images", type=int_arg, default=d.eval_images)
     b.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise per partial sum (chip path)")
+    b.add_argument("--noise-off", action="store_true",
+                   help="read the chip without the read noise model0 was trained with (the weights-vs-noise control)")
     b.add_argument("--candidates", type=int_arg, default=d.candidates,
                    help="bits per layer each tried on the model's own forward per step (1: the reference BFA)")
     b.add_argument("--seed", type=int_arg, default=d.seed)
@@ -259,7 +261,7 @@ def run_bfa(args: argparse.Namespace) -> None:
 
     cfg = BFAConfig(tag=args.tag, runs=args.runs, attack_batch=args.attack_batch, max_flips=args.max_flips,
                     target_acc=args.target_acc, eval_images=args.eval_images, noise_sigma_psum=args.noise_sigma,
-                    seed=args.seed, candidates=args.candidates)
+                    noise_off=args.noise_off, seed=args.seed, candidates=args.candidates)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} must be >= 1")
     with make_executor(min(args.workers, cfg.runs), args.scheduler) as ex:

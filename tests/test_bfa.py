@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,6 +142,7 @@ def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys)
     for bad, needle in ((["--runs", "0"], "runs=0 must be a positive integer"),
                         (["--target-acc", "2"], "target_acc=2.0 must be in [0, 1]"),
                         (["--candidates", "0"], "candidates=0 must be a positive integer"),
+                        (["--noise-off", "--noise-sigma", "1"], "contradict each other"),
                         (["--tag", "nope"], "no model0 for tag 'nope'")):
         assert main([*args, *bad]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -275,3 +277,29 @@ def test_the_chip_reads_the_cells_a_flip_left_and_a_later_attack_starts_from_the
     with torch.no_grad():  # weights changed any other way: the stored cells are stale and ignored
         layer.weight.mul_(-1)
     assert layer._magnitudes(layer.quantize(x)[2]) is None
+
+
+def test_noise_off_reads_a_noise_trained_model0_without_its_noise(monkeypatch):
+    """The weights-vs-noise control: ``noise_off`` strips the Gaussian sigma or the noise table model0 was trained
+    with; the default keeps them; a sigma given here replaces them; the chip path stays either way."""
+    from nn import ADCConfig, ArrayConfig, CIMConfig
+    from pipeline import bfa as stage
+
+    gauss = CIMConfig(adc=ADCConfig(bits=4, noise_sigma=1.5))
+    lo, hi = CIMConfig(adc=ADCConfig(bits=1), array=ArrayConfig(rows=2)).psum_range
+    table = CIMConfig(adc=ADCConfig(bits=1, noise_table=((0.9, 0.1),) * (hi - lo + 1)), array=ArrayConfig(rows=2))
+    for trained, noisy in ((gauss, 1.5), (table, 0.0)):
+        header = {"cim": trained.to_dict(), "config": {"noise_sigma_psum": noisy, "noise_table": "t.csv"}}
+
+        def fake_load(path, fix, kind, cim, header=header):
+            return torch.nn.Linear(1, 1), {**header, "read_as": cim(header)}
+
+        monkeypatch.setattr(stage, "load_model", fake_load)
+        monkeypatch.setattr(stage, "set_digital", lambda model, digital: None)
+        for kwargs, sigma, has_table in (({}, noisy, noisy == 0), ({"noise_off": True}, 0.0, False),
+                                         ({"noise_sigma_psum": 0.5}, 0.5, noisy == 0)):
+            if kwargs.get("noise_sigma_psum") and trained is table:
+                continue  # (a sigma on a table-trained model is refused by ADCConfig: one noise model at a time)
+            _, head, chip = stage.model0_on_its_path(Path("x"), **kwargs)
+            adc = head["read_as"].adc
+            assert chip and adc.noise_sigma == sigma and (adc.noise_table is not None) == has_table
