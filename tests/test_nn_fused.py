@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConv2d, CIMLinear, QuantConfig, RuntimeConfig, fused
+from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConv2d, CIMLinear, QuantConfig, RuntimeConfig, fused, fused_pack
 from nn.adc import adc_read, adc_tables, sar_effective_thresholds
 from nn.engine import weight_cells as fused_weight_cells
 
@@ -116,9 +116,8 @@ def test_byte_window_packing_equals_the_bit_loop(rows, nbits, geometry):
     wo = (8 + 2 * pad - dil * (k - 1) - 1) // stride + 1
     tiles = -(-7 * k * k // rows)
     args = (k, k, stride, stride, pad, pad, dil, dil, ho, wo, tiles, rows, nbits)
-    a = fused._pack_windows_u8(np.pad(v, ((0, 0), (0, 0), (pad, pad), (pad, pad))), k, k, stride, stride, dil, dil, ho,
-                               wo, tiles, rows, nbits)
-    b = fused._pack_windows(v, *args)
+    a = fused_pack.pack_windows(v, (k, k), (stride, stride), (pad, pad), (dil, dil), (ho, wo), tiles, rows, nbits)
+    b = fused_pack._pack_windows(v, *args)
     assert a.shape == b.shape and np.array_equal(a, b) and b.any()
 
 
@@ -135,7 +134,8 @@ def test_multilevel_matmul_path_equals_the_popcount_path_draw_for_draw(kind, sig
     x_int, _, w_int, _ = layer.quantize(torch.randn(13, 70, dtype=torch.float64) * 2)
     cells = fused_weight_cells(w_int, 4, 2)
     tiles = 3
-    xw = fused._pack(fused._input_bits(torch.nn.functional.pad(x_int, (0, tiles * 32 - 70)), cfg), tiles, 32, 6)
+    bits = fused._input_bits(torch.nn.functional.pad(x_int, (0, tiles * 32 - 70)), cfg)
+    xw = fused_pack.pack_rows(bits, tiles, 32, 6)
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     a = fused.cim_matmul_fused(x_int, cells, cfg, layer.adc_shift, gen_a, None)
     b = fused._run(xw, cells, cfg, layer.adc_shift, gen_b, None, x_int.dtype)
