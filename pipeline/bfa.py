@@ -238,6 +238,10 @@ def bfa(run_dir: Path, cfg: BFAConfig, executor: Executor, workers: int = 1) -> 
         raise ConfigError(f"no model0 for tag {cfg.tag!r} in {run_dir}; {FIX_TRAIN}")
     # a bad checkpoint fails here
     _, header, chip = model0_on_its_path(paths.model0(cfg.tag), cfg.noise_sigma_psum, cfg.noise_off)
+    trained_adc = header["cim"]["adc"]
+    if cfg.noise_off and not trained_adc.get("noise_sigma") and trained_adc.get("noise_table") is None:
+        raise ConfigError(f"model0 of tag {cfg.tag!r} was not trained with read noise: --noise-off would change "
+                          "nothing; drop it")
     settings = asdict(cfg)
     if cfg.candidates == 1:  # the reference attack keeps the key it had before the option existed
         del settings["candidates"]

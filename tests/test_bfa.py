@@ -143,6 +143,7 @@ def test_bfa_command_outputs_resume_and_bad_input(trained_run, tmp_path, capsys)
                         (["--target-acc", "2"], "target_acc=2.0 must be in [0, 1]"),
                         (["--candidates", "0"], "candidates=0 must be a positive integer"),
                         (["--noise-off", "--noise-sigma", "1"], "contradict each other"),
+                        (["--noise-off"], "was not trained with read noise"),
                         (["--tag", "nope"], "no model0 for tag 'nope'")):
         assert main([*args, *bad]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
