@@ -5,11 +5,12 @@ that is what the array does, and on a CPU it is a few integer instructions per 6
 multiply-adds. Inputs are cut into bit-planes (bit-serial, or the bits of a multi-level drive summed with
 their weights before one read), multi-bit cells into bit-slices (summed with 2^b), and signed columns
 (``signed_psum``) subtract the negative cells' count; each partial sum is then read by its physical ADC in
-the same loop -- a table lookup (noise-free), a count of the column's shifted thresholds at or below the
-(noisy) value (a SAR's binary search is first turned into the sorted thresholds it is equivalent to; with
-noise, or for a uniform scheme, the count steps from a start code over the few thresholds crossed, else
-it bisects), or, for noisy readings, an inverse-CDF draw through the cut tables of :mod:`nn.fused_noise`
-(measured noise tables, Gaussian noise up to 0.6 threshold spacings) -- and shift-added into the output.
+the same loop -- a table lookup (noise-free), a bucket table over a wide noise-free range (multi-level inputs,
+:mod:`nn.fused_buckets`), a count of the column's shifted thresholds at or below the (noisy) value (a SAR's
+binary search is first turned into the sorted thresholds it is equivalent to; with noise, or for a uniform
+scheme, the count steps from a start code over the few thresholds crossed, else it bisects), or, for noisy
+readings, an inverse-CDF draw through the cut tables of :mod:`nn.fused_noise` (measured noise tables,
+Gaussian noise up to 0.6 threshold spacings) -- and shift-added into the output.
 Nothing of the size of the partial sums is ever stored: memory is the packed inputs (1 bit per input bit)
 and the output.
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nn import fused_noise
+from nn import fused_buckets, fused_noise
 from nn._numba_prims import AVAILABLE
 from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds, xnor_periphery
 from nn.config import CIMConfig
@@ -42,6 +43,7 @@ if AVAILABLE:
     from numba import njit, prange
 
     from nn._numba_prims import _normal, _popcount
+    from nn.fused_buckets import read_row
 
 logger = logging.getLogger(__name__)
 
@@ -174,53 +176,28 @@ if AVAILABLE:
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
     @njit(parallel=True, cache=True)
-    def _kernel_dense(ps, row0, planes, n_out, lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed,
-                      out):
+    def _kernel_dense(ps, row0, planes, n_out, btab, bshift, lev0, lo, mode, lut, thr, code0, walk, qstep, lev, colw,
+                      sigma, cdf, seed, out):
         """Multi-level inputs from a matmul: ``ps`` [T, m, C] (integer-valued floats) are the partial sums of
-        rows row0..row0+m-1, one reading each, keyed as :func:`_kernel` keys them (so the draws agree). Blocks of
-        ``_BLOCK`` rows run tile by tile, so a tile's thresholds serve the block from cache (row by row, the
-        layer's thresholds, up to ~10 MB, were fetched again for every row: 9.8 -> 4.9 ns a reading)."""
+        rows row0..row0+m-1, one reading each, keyed as :func:`_kernel` keys them (so the draws agree); noise
+        free with a bucket table ``btab`` (``bshift`` >= 0), read through it (:mod:`nn.fused_buckets`). Blocks
+        of ``_BLOCK`` rows run tile by tile, so a tile's tables serve the block from cache."""
         tiles, m_rows, cols = ps.shape
-        computed = mode == 1 and sigma == 0.0 and qstep[0] > 0.0
-        top = thr.shape[2] - 2  # thresholds; thr[t, c, k + 1] is threshold k
         for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
             m0 = blk * _BLOCK
             nb = min(_BLOCK, m_rows - m0)
             acc = np.zeros((nb, cols))
-            a0, code = np.empty(cols, np.int64), np.empty(cols, np.int64)
-            near = np.empty((cols, 4))
+            crowded = np.empty(cols, np.int64)
             for t in range(tiles):
                 for i in range(nb):
                     m = m0 + i
-                    if not computed:
-                        base = np.uint64(((row0 + m) * tiles + t) * cols * planes)
-                        for c in range(cols):
-                            acc[i, c] += _read(mode, t, c, np.int64(ps[t, m, c]), lo, lut, thr, code0, walk, qstep,
-                                               lev, colw, sigma, cdf, seed, base + np.uint64(c * planes))
+                    if bshift >= 0:
+                        read_row(ps[t, m], btab, t, bshift, lo, thr, lev0, colw, acc[i], crowded)
                         continue
-                    # noise-free uniform ADC: the unshifted code, then one step over the chip's offsets (three
-                    # loops: computed codes, the thresholds around them, the step)
+                    base = np.uint64(((row0 + m) * tiles + t) * cols * planes)
                     for c in range(cols):
-                        a0[c] = np.int64(min(max(math.floor(ps[t, m, c] / qstep[0] - qstep[1] - 0.5) + 1.0, 0.0),
-                                             np.float64(top)))
-                    for c in range(cols):
-                        for j in range(4):
-                            near[c, j] = thr[t, c, min(max(a0[c] - 1 + j, 0), top + 1)]
-                    far = False
-                    for c in range(cols):
-                        v = np.float64(ps[t, m, c])
-                        up, down = near[c, 2] <= v, near[c, 1] > v
-                        code[c] = a0[c] + np.int64(up) - np.int64(down)
-                        far |= (up and near[c, 3] <= v) or (down and near[c, 0] > v)
-                    if far:  # an offset of more than one step: walk on (rare)
-                        for c in range(cols):
-                            v = np.float64(ps[t, m, c])
-                            while thr[t, c, code[c] + 1] <= v:
-                                code[c] += 1
-                            while thr[t, c, code[c]] > v:
-                                code[c] -= 1
-                    for c in range(cols):
-                        acc[i, c] += lev[code[c]] * colw[c]
+                        acc[i, c] += _read(mode, t, c, np.int64(ps[t, m, c]), lo, lut, thr, code0, walk, qstep,
+                                           lev, colw, sigma, cdf, seed, base + np.uint64(c * planes))
             for i in range(nb):
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
@@ -468,6 +445,7 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
     cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
     lo, mode, _, thr, _, _, _, lev, colw, sigma, cdf, seed = rd
     (w,) = _programmed(cells, cfg, table_cache, dense=True)
+    buckets = _buckets(cfg, mode, thr, lev, table_cache)
     tiles, rows = w.shape[0], array.rows
     k, mm_dtype = tiles * rows, w.dtype
     m = max(align, cfg.runtime.chunk_elements // (tiles * cols) // align * align)
@@ -481,8 +459,28 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
             _kernel_dense_cuts(ps, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
                                out[start:start + ps.shape[1]])  # type: ignore[call-arg]
         else:
-            _kernel_dense(ps, start, cfg.quant.input_bits, n, *rd, out[start:start + ps.shape[1]])  # type: ignore[call-arg]
+            _kernel_dense(ps, start, cfg.quant.input_bits, n, *buckets, *rd,  # type: ignore[call-arg]
+                          out[start:start + ps.shape[1]])
     return torch.from_numpy(out).to(dtype)
+
+
+def _buckets(cfg: CIMConfig, mode: int, thr: np.ndarray, lev: np.ndarray, table_cache: dict | None
+             ) -> tuple[np.ndarray, int, np.ndarray]:
+    """(bucket table, its shift or -1 where none is used, the levels with a 0.0 appended) of a noise-free
+    threshold readout (:mod:`nn.fused_buckets`); kept in ``table_cache`` with the thresholds it was built from."""
+    lo, hi = cfg.psum_range
+    none = np.zeros((1, 1, 1), np.uint16), -1, np.zeros(1)
+    if mode != MODE_THRESHOLDS or cfg.adc.noise_sigma > 0:
+        return none
+    if table_cache is not None and table_cache.get("buckets_thr") is thr:
+        return table_cache["buckets"]
+    shift = fused_buckets.shift_for(thr)
+    out = none
+    if fused_buckets.usable(thr, lo, hi, shift):
+        out = fused_buckets.bucket_table(thr, lo, hi, shift), shift, np.append(lev, 0.0)
+    if table_cache is not None:
+        table_cache.update(buckets_thr=thr, buckets=out)
+    return out
 
 
 def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, flat_shift: torch.Tensor | None,

@@ -10,7 +10,18 @@ import pytest
 import torch
 from scipy import stats
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConv2d, CIMLinear, QuantConfig, RuntimeConfig, fused, fused_pack
+from nn import (
+    ADCConfig,
+    ArrayConfig,
+    CIMConfig,
+    CIMConv2d,
+    CIMLinear,
+    QuantConfig,
+    RuntimeConfig,
+    fused,
+    fused_buckets,
+    fused_pack,
+)
 from nn.adc import adc_read, adc_tables, sar_effective_thresholds
 from nn.engine import weight_cells as fused_weight_cells
 
@@ -161,6 +172,40 @@ def test_multilevel_conv_equals_reference_bit_for_bit(lut_limit, offset_lsb, mon
         conv.cim_config = replace(cfg, runtime=REF)
         b = conv(x)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,signed,offset_lsb", [("flash", False, 4.0), ("sar", True, 1.0), ("flash", True, 0.3)])
+def test_multilevel_bucket_tables_equal_reference_bit_for_bit(kind, signed, offset_lsb, monkeypatch):
+    """A wide partial-sum range (128 rows x 8-bit drives x 2-bit cells) is read through the bucket tables of
+    nn.fused_buckets: buckets with no, one and (offsets crowding the thresholds) several cut points all read
+    what the reference reads; with the tables off (too large) the threshold search reads the same."""
+    monkeypatch.setattr(fused, "_LUT_MAX_ENTRIES", 0)  # (a layer this small would get lookup tables)
+    cfg = CIMConfig(adc=ADCConfig(bits=5, kind=kind),
+                    array=ArrayConfig(rows=128, cell_bits=2, signed_psum=signed, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=4, input_bits=8, input_mode="multilevel"))
+    torch.manual_seed(7)
+    layer = CIMLinear(300, 6, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(5).normal(0, offset_lsb, (2, 4, cfg.adc.n_thresholds)))
+    x = torch.rand(40, 300, dtype=torch.float64)
+    x_int, _, w_int, _ = layer.quantize(x)
+    cells = fused_weight_cells(w_int, 4, 2)
+    _, rd, _ = fused._prepare(cells, cfg, layer.adc_shift, None, None)
+    tab, shift, _ = fused._buckets(cfg, rd[1], rd[3], rd[7], None)
+    cut = (tab.astype(np.int64) >> 8) & 0x7F
+    assert shift == fused_buckets.MAX_SHIFT and (cut < 2**shift).any() and (cut == 2**shift).any()
+    assert (tab >= 0x8000).any() or offset_lsb < 4  # (Flash W/L 4 measured 4.3 LSB rms)
+    a, b = _both(layer, x)
+    assert torch.equal(a, b) and len(set(a.flatten().tolist())) >= 4
+    monkeypatch.setattr(fused_buckets, "MAX_BYTES", 0)
+    assert fused._buckets(cfg, rd[1], rd[3], rd[7], None)[1] == -1
+    assert torch.equal(_both(replace_layer(layer), x)[0], b)
+
+
+def replace_layer(layer):
+    """The same layer with a fresh table cache (so the tables are rebuilt under a monkeypatched limit)."""
+    fresh = CIMLinear(layer.in_features, layer.out_features, cim_config=layer.cim_config).double()
+    fresh.load_state_dict(layer.state_dict())
+    return fresh
 
 
 def test_fused_noise_matches_reference_distribution_and_is_seeded():
