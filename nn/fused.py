@@ -176,12 +176,13 @@ if AVAILABLE:
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
     @njit(parallel=True, cache=True)
-    def _kernel_dense(ps, row0, planes, n_out, btab, bshift, lev0, lo, mode, lut, thr, code0, walk, qstep, lev, colw,
-                      sigma, cdf, seed, out):
-        """Multi-level inputs from a matmul: ``ps`` [T, m, C] (integer-valued floats) are the partial sums of
-        rows row0..row0+m-1, one reading each, keyed as :func:`_kernel` keys them (so the draws agree); noise
-        free with a bucket table ``btab`` (``bshift`` >= 0), read through it (:mod:`nn.fused_buckets`). Blocks
-        of ``_BLOCK`` rows run tile by tile, so a tile's tables serve the block from cache."""
+    def _kernel_dense(ps, poff, row0, planes, n_out, btab, bshift, lev0, lo, mode, lut, thr, code0, walk, qstep, lev,
+                      colw, sigma, cdf, seed, out):
+        """Multi-level inputs from a matmul: ``ps`` [T, m, C] (integers, or integer-valued floats) plus ``poff``
+        [T, C] (the int8 matmul's offset, else 0) are the partial sums of rows row0..row0+m-1, one reading each,
+        keyed as :func:`_kernel` keys them (so the draws agree); noise free with a bucket table ``btab``
+        (``bshift`` >= 0), read through it (:mod:`nn.fused_buckets`). Blocks of ``_BLOCK`` rows run tile by tile,
+        so a tile's tables serve the block from cache."""
         tiles, m_rows, cols = ps.shape
         for blk in prange((m_rows + _BLOCK - 1) // _BLOCK):
             m0 = blk * _BLOCK
@@ -192,12 +193,12 @@ if AVAILABLE:
                 for i in range(nb):
                     m = m0 + i
                     if bshift >= 0:
-                        read_row(ps[t, m], btab, t, bshift, lo, thr, lev0, colw, acc[i], crowded)
+                        read_row(ps[t, m], poff[t], btab, t, bshift, lo, thr, lev0, colw, acc[i], crowded)
                         continue
                     base = np.uint64(((row0 + m) * tiles + t) * cols * planes)
                     for c in range(cols):
-                        acc[i, c] += _read(mode, t, c, np.int64(ps[t, m, c]), lo, lut, thr, code0, walk, qstep,
-                                           lev, colw, sigma, cdf, seed, base + np.uint64(c * planes))
+                        acc[i, c] += _read(mode, t, c, np.int64(ps[t, m, c]) + poff[t, c], lo, lut, thr, code0, walk,
+                                           qstep, lev, colw, sigma, cdf, seed, base + np.uint64(c * planes))
             for i in range(nb):
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
@@ -265,7 +266,7 @@ if AVAILABLE:
                 _fold_columns(acc[i], n_out, out, m0 + i)
 
     @njit(parallel=True, cache=True)
-    def _kernel_dense_cuts(ps, row0, planes, n_out, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo, out):
+    def _kernel_dense_cuts(ps, poff, row0, planes, n_out, lo, thr, lev, colw, sigma, cdf, seed, cuts, s_lo, out):
         """:func:`_kernel_dense` through cut tables (the same reading keys)."""
         tiles, m_rows, cols = ps.shape
         kstep = np.uint64(planes)
@@ -275,7 +276,7 @@ if AVAILABLE:
             code, e, slow = np.empty(cols, np.int64), np.empty((3, cols), np.uint64), np.empty(cols, np.bool_)
             for t in range(tiles):
                 for c in range(cols):
-                    s[c] = np.int64(ps[t, m, c])
+                    s[c] = np.int64(ps[t, m, c]) + poff[t, c]
                 _add_cut_readings(1.0, t, s, np.uint64(((row0 + m) * tiles + t) * cols * planes), kstep, lo, thr, lev,
                                   colw, sigma, cdf, seed, cuts, s_lo, acc, code, e, slow)
             _fold_columns(acc, n_out, out, m)
@@ -336,6 +337,25 @@ def conv_fused(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     return y.reshape(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
 
 
+def _int8_matmul(cfg: CIMConfig) -> bool:
+    """True when multi-level partial sums can come from torch's int8 matmul: drives of at most 8 bits (0..255
+    read as x - 128 plus 128 times the column's cell sum), cells of at most 7 bits, sums within int32."""
+    return (_INT_MM and cfg.quant.input_bits <= 8 and cfg.array.cell_bits <= 7
+            and cfg.array.rows * 255 * 127 < 2**31)
+
+
+def _int_mm_works() -> bool:
+    """torch._int_mm (int8 x int8 -> int32) runs on this CPU build."""
+    try:
+        a = torch.ones((2, 3), dtype=torch.int8)
+        return bool(torch.equal(torch._int_mm(a, a.T.contiguous()), torch.full((2, 2), 3, dtype=torch.int32)))
+    except (AttributeError, RuntimeError, NotImplementedError):  # pragma: no cover - older or other builds
+        return False
+
+
+_INT_MM = _int_mm_works()
+
+
 def _input_bits(x_int: torch.Tensor, cfg: CIMConfig) -> torch.Tensor:
     """The bit pattern the rows are driven with: two's complement for signed inputs."""
     return torch.remainder(x_int, 2**cfg.quant.input_bits) if cfg.quant.input_signed else x_int
@@ -358,11 +378,15 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
     if dense:
         if array.signed_psum:
             padded = (padded[:, 0] - padded[:, 1]).unsqueeze(1)
-        lo, hi = cfg.psum_range
-        mm_dtype = torch.float32 if max(-lo, hi) < 2**24 else torch.float64
         cols = padded.shape[0] * padded.shape[1] * n
-        out = (padded.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols)
-               .to(mm_dtype).contiguous(),)
+        w = padded.detach().reshape(-1, tiles, rows, n).permute(1, 2, 0, 3).reshape(tiles, rows, cols)
+        if _int8_matmul(cfg):  # 8-bit drives, cells of at most 7 bits: exact int8 x int8 -> int32 products
+            wi = w.to(torch.int8).contiguous()
+            offset = cfg.quant.input_bits == 8 and not cfg.quant.input_signed  # drives 0..255 are read as x - 128
+            out = (wi, 128 * wi.sum(1, dtype=torch.int64) if offset else None)
+        else:
+            lo, hi = cfg.psum_range
+            out = (w.to(torch.float32 if max(-lo, hi) < 2**24 else torch.float64).contiguous(), None)
     else:
         plus, minus = _columns(padded, array.signed_psum)
         wp = pack_rows(plus, tiles, rows, array.cell_bits).transpose(1, 2, 3, 0).copy()  # [T, cell bits, words, C]
@@ -444,22 +468,30 @@ def _run_dense(rows_of: Callable[[int, int], torch.Tensor], n_rows: int, align: 
     n = cells.shape[3]
     cols, rd, cut = _prepare(cells, cfg, shift, generator, table_cache)
     lo, mode, _, thr, _, _, _, lev, colw, sigma, cdf, seed = rd
-    (w,) = _programmed(cells, cfg, table_cache, dense=True)
+    w, offset = _programmed(cells, cfg, table_cache, dense=True)
+    poff = np.zeros((w.shape[0], cols), np.int64) if offset is None else offset.numpy()
     buckets = _buckets(cfg, mode, thr, lev, table_cache)
     tiles, rows = w.shape[0], array.rows
-    k, mm_dtype = tiles * rows, w.dtype
+    k = tiles * rows
     m = max(align, cfg.runtime.chunk_elements // (tiles * cols) // align * align)
     out = np.empty((n_rows, n), np.float64)
     for start in range(0, n_rows, m):
-        x = rows_of(start, min(start + m, n_rows)).detach().to(mm_dtype)
+        x = rows_of(start, min(start + m, n_rows)).detach()
         if x.shape[1] < k:
             x = torch.nn.functional.pad(x, (0, k - x.shape[1]))
-        ps = torch.bmm(x.view(-1, tiles, rows).transpose(0, 1), w).numpy()  # [T, m, C]
+        if w.dtype == torch.int8:  # one int8 matmul per tile (VNNI where the CPU has it), partial sums int32
+            xt = (x - 128 if offset is not None else x).to(torch.int8).view(-1, tiles, rows)
+            ps_t = torch.empty((tiles, xt.shape[0], cols), dtype=torch.int32)
+            for t in range(tiles):
+                torch._int_mm(xt[:, t], w[t], out=ps_t[t])
+            ps = ps_t.numpy()
+        else:
+            ps = torch.bmm(x.to(w.dtype).view(-1, tiles, rows).transpose(0, 1), w).numpy()  # [T, m, C]
         if mode == MODE_CUTS:
-            _kernel_dense_cuts(ps, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
+            _kernel_dense_cuts(ps, poff, start, cfg.quant.input_bits, n, lo, thr, lev, colw, sigma, cdf, seed, *cut,
                                out[start:start + ps.shape[1]])  # type: ignore[call-arg]
         else:
-            _kernel_dense(ps, start, cfg.quant.input_bits, n, *buckets, *rd,  # type: ignore[call-arg]
+            _kernel_dense(ps, poff, start, cfg.quant.input_bits, n, *buckets, *rd,  # type: ignore[call-arg]
                           out[start:start + ps.shape[1]])
     return torch.from_numpy(out).to(dtype)
 

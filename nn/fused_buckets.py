@@ -75,17 +75,17 @@ if AVAILABLE:
         return tab
 
     @njit(cache=True, inline="always")
-    def read_row(psr, tab, t, shift, lo, thr, lev0, colw, acc, crowded):
-        """acc[c] += the noise-free reading (times its column's weight) of partial sum psr[c] of every column of
-        tile t; ``lev0`` is the code levels with a 0.0 appended (the crowded buckets' fast-pass level)."""
+    def read_row(psr, off, tab, t, shift, lo, thr, lev0, colw, acc, crowded):
+        """acc[c] += the noise-free reading (times its column's weight) of partial sum psr[c] + off[c] of every
+        column of tile t; ``lev0`` is the code levels with a 0.0 appended (the crowded buckets' fast-pass level)."""
         mask = (1 << shift) - 1
         nf = 0
         for c in range(psr.shape[0]):
-            s = np.int64(psr[c]) - lo
+            s = np.int64(psr[c]) + off[c] - lo
             e = np.int64(tab[t, s >> shift, c])
             acc[c] += lev0[(e & 0xFF) + np.int64((s & mask) >= ((e >> 8) & 0x7F))] * colw[c]
             crowded[nf] = c
             nf += e >> 15
         for j in range(nf):  # two or more cut points in the bucket (rare): count the thresholds
             c = crowded[j]
-            acc[c] += lev0[threshold_count(thr, t, c, np.float64(psr[c]))] * colw[c]
+            acc[c] += lev0[threshold_count(thr, t, c, np.float64(np.int64(psr[c]) + off[c]))] * colw[c]

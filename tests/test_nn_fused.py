@@ -201,6 +201,27 @@ def test_multilevel_bucket_tables_equal_reference_bit_for_bit(kind, signed, offs
     assert torch.equal(_both(replace_layer(layer), x)[0], b)
 
 
+@pytest.mark.parametrize("bits,signed_in,signed_psum,cell_bits", [(8, False, False, 1), (8, True, True, 2),
+                                                                    (5, False, True, 3)])
+def test_int8_matmul_partial_sums_equal_the_float_matmul(bits, signed_in, signed_psum, cell_bits, monkeypatch):
+    """Multi-level partial sums from torch's int8 matmul (8-bit drives 0..255 read as x - 128 plus 128 times the
+    column's cell sum) read exactly what the float matmul's read, and what the reference reads."""
+    if not fused._INT_MM:
+        pytest.skip("this torch build has no CPU int8 matmul (the float matmul is used)")
+    cfg = CIMConfig(adc=ADCConfig(bits=6), array=ArrayConfig(rows=64, cell_bits=cell_bits, signed_psum=signed_psum,
+                                                             n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=4, input_bits=bits, input_mode="multilevel", input_signed=signed_in))
+    assert fused._int8_matmul(cfg)
+    torch.manual_seed(11)
+    layer = CIMLinear(150, 5, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(6).normal(0, 1.0, (2, 4, cfg.adc.n_thresholds)))
+    x = torch.randn(37, 150, dtype=torch.float64)
+    a, ref = _both(layer, x)
+    monkeypatch.setattr(fused, "_INT_MM", False)
+    b = _both(replace_layer(layer), x)[0]
+    assert torch.equal(a, b) and torch.equal(a, ref) and len(set(a.flatten().tolist())) > 10
+
+
 def replace_layer(layer):
     """The same layer with a fresh table cache (so the tables are rebuilt under a monkeypatched limit)."""
     fresh = CIMLinear(layer.in_features, layer.out_features, cim_config=layer.cim_config).double()
