@@ -5,7 +5,8 @@ ADC with per-chip offsets (N(0, 0.5) LSB per comparator) loaded in every layer. 
 the float forward; the fused noise-free forward; the same with Gaussian noise (sigma 0.5 partial-sum units)
 and with a noise table (P(code | psum), the same Gaussian, through the table path); the pure-torch reference
 forward and the engine's own chunked matmuls (bench_cim.matmul_bounds); multi-level inputs (one 8-bit
-drive per row, one ADC read per tile, thresholds searched per column). Prints RESULT lines last.
+drive per row, one ADC read per tile: partial sums from an int8 matmul, read through bucket tables).
+Prints RESULT lines last.
 Run: .venv/bin/python benchmarks/bench_engine.py [--batch 16] [--runs 3]
 """
 
