@@ -25,7 +25,8 @@ def adc_tables(adc: ADCConfig, psum_lo: int, psum_hi: int, device, dtype) -> tup
     if adc.thresholds is not None and adc.levels is not None:
         thr = torch.tensor(adc.thresholds, device=device, dtype=dtype)
         lev = torch.tensor(adc.levels, device=device, dtype=dtype)
-        step = float(torch.diff(lev).abs().min()) if len(lev) > 1 else 1.0
+        levels = adc.levels  # (from the config's floats: no device round trip on CUDA)
+        step = min(abs(b - a) for a, b in zip(levels, levels[1:], strict=False)) if len(levels) > 1 else 1.0
         return thr, lev, step
     n = 2**adc.bits
     top = n - 1 if psum_lo >= 0 else max(1, n // 2 - 1)  # largest positive code
