@@ -367,7 +367,8 @@ def _programmed(cells: torch.Tensor, cfg: CIMConfig, table_cache: dict | None, d
     same ``cells`` object (its cells cache hands out one object per programmed weight set), so a chip that is
     read many times (attacks, evaluations) is programmed once."""
     array = cfg.array
-    key = (dense, array.rows, array.cell_bits, array.signed_psum, array.xnor, cfg.psum_range)
+    key = (dense, array.rows, array.cell_bits, array.signed_psum, array.xnor, cfg.psum_range, cfg.quant.input_bits,
+           cfg.quant.input_signed, dense and _int8_matmul(cfg))
     if table_cache is not None and table_cache.get("programmed_cells") is cells \
             and table_cache.get("programmed_key") == key:
         return table_cache["programmed"]
