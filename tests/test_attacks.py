@@ -225,3 +225,15 @@ def test_cw_l0_batched_equals_one_image_at_a_time(float_model):
     alone = torch.cat([attack(model64, x[i:i + 1], y[i:i + 1]) for i in range(len(x))])
     assert torch.allclose(batched, alone, atol=1e-9)
     assert (norms(batched, x)["l0"] > 0).any()
+
+
+def test_cw_l0_reports_progress(float_model, caplog, monkeypatch):
+    """An L0 run has no fixed length: it logs how many images are still searching every PROGRESS_STEPS steps."""
+    import nn.attacks.cw_l0 as cw_l0
+
+    monkeypatch.setattr(cw_l0, "PROGRESS_STEPS", 7)
+    model, x, y = float_model
+    with caplog.at_level("INFO", logger="nn.attacks.cw_l0"):
+        CWL0(max_iterations=10, initial_const=1e-1, largest_const=1e1)(model, x[:3], y[:3])
+    lines = [r.getMessage() for r in caplog.records if r.name == "nn.attacks.cw_l0"]
+    assert lines and lines[0].startswith("C&W L0: step 7, ") and "of 3 images still searching" in lines[0]

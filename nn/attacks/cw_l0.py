@@ -20,10 +20,15 @@ channels), dimension 1 is channels.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from nn.attacks._base import Attack, AttackError
 from nn.attacks._cw import BatchAdam, from_tanh_space, margin, per_image, to_tanh_space
+
+logger = logging.getLogger(__name__)
+PROGRESS_STEPS = 500  # a progress line every this many steps (an L0 run has no fixed length)
 
 
 class CWL0(Attack):
@@ -57,7 +62,12 @@ class CWL0(Attack):
         it = torch.zeros(b, dtype=torch.long, device=dev)  # steps at the current constant of the current round
         hit = torch.zeros_like(active)  # a success at the current constant (its example in ``solution``)
         solution, grad_at = images.clone(), torch.zeros_like(images)
+        step = 0
         while active.any():
+            step += 1
+            if step % PROGRESS_STEPS == 0:
+                logger.info("C&W L0: step %d, %d of %d images still searching, median %d pixels allowed", step,
+                            int(active.sum()), b, int(valid.flatten(1).sum(1).median()))
             if fresh.any():  # a new round: from the last solution, modifier and Adam restarted
                 m = per_image(fresh, images)
                 start = torch.where(m, to_tanh_space(prev), start)
