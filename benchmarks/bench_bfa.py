@@ -3,7 +3,7 @@
 Bound = (forward + backward) + (number of CIM layers) x forward on the attack batch, with the model's own
 forward (model0 on its path: digital for a plain model0). One BFA iteration = gradient ranking over every
 layer + one trial flip per layer (+ the committed flip), as :meth:`nn.attacks.BFA.step`.
-Run: .venv/bin/python benchmarks/bench_bfa.py --run-dir runs/default --tag vgg8_fmnist
+Run: .venv/bin/python benchmarks/bench_bfa.py --run-dir runs/default --tag vgg8_fmnist [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -31,16 +31,24 @@ def main() -> None:
     ap.add_argument("--tag", default="vgg8_fmnist")
     ap.add_argument("--attack-batch", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args()
+    dev = args.device
     model, header, chip = model0_on_its_path(RunPaths(Path(args.run_dir)).model0(args.tag))
+    model.to(dev)
     data = load_data(header["data"], args.attack_batch, 1)
-    x, y = data.x_train, data.y_train
+    x, y = data.x_train.to(dev), data.y_train.to(dev)
+
+    def sync() -> None:
+        if dev == "cuda":
+            torch.cuda.synchronize()
     n_layers = len(cim_layers(model))
     print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
-          f"{torch.get_num_threads()} | {args.tag} ({'chip' if chip else 'digital'} path), {n_layers} CIM layers, "
-          f"attack batch {len(x)}")
+          f"{torch.get_num_threads()} device {dev} | {args.tag} ({'chip' if chip else 'digital'} path), "
+          f"{n_layers} CIM layers, attack batch {len(x)}")
 
     def bound() -> float:
+        sync()
         t0 = time.perf_counter()
         xg = x.clone().requires_grad_(True)
         F.cross_entropy(model(xg), y).backward()
@@ -48,6 +56,7 @@ def main() -> None:
         with torch.no_grad():
             for _ in range(n_layers):
                 model(x)
+        sync()
         return time.perf_counter() - t0
 
     attacked = copy.deepcopy(model)
@@ -55,8 +64,10 @@ def main() -> None:
     attack = BFA()
 
     def iteration() -> float:
+        sync()
         t0 = time.perf_counter()
         attack.step(attacked, bits, x, y)
+        sync()
         return time.perf_counter() - t0
 
     bound(), iteration()  # warm-up

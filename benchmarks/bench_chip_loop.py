@@ -8,6 +8,7 @@ On chip ``--chip`` of a design of a finished ``train`` + ``chips`` run (model0 l
 - one C&W L2 iteration (our CWL2, one binary-search step, no early abort, per-iteration cost) vs a CIM forward
   + backward to the input of the same batch.
 Run: .venv/bin/python benchmarks/bench_chip_loop.py --run-dir runs/default --tag vgg8_fmnist --adc sar --wl 10
+     [--device cpu|cuda]   (on cuda every timed call ends with a synchronize)
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from pipeline.datasets import load_data
 from pipeline.deployments import Design
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -43,18 +48,20 @@ def main() -> None:
     ap.add_argument("--attack-batch", type=int, default=100, help="C&W images (the attack stage's default 100)")
     ap.add_argument("--cw-iterations", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args()
-    design = Design(args.run_dir, args.tag, args.adc, args.wl)
+    dev = args.device
+    design = Design(args.run_dir, args.tag, args.adc, args.wl, device=dev)
     model = design.model(f"raw_c{args.chip}")
     digital = design.model("model0")
     header, _ = load_checkpoint(design.paths.model0(args.tag), fix="run `cimcosim train` first")
     data = load_data(header["data"], 2000, args.attack_batch)
-    x = data.x_train[:args.batch]
-    xa, ya = data.x_test, data.y_test
+    x = data.x_train[:args.batch].to(dev)
+    xa, ya = data.x_test.to(dev), data.y_test.to(dev)
     opt = make_optimizer(model, 1e-4, 0.0)
     gen = torch.Generator().manual_seed(0)
     print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
-          f"{torch.get_num_threads()} | {args.tag} on {args.adc} W/L={args.wl:g} chip {args.chip}, "
+          f"{torch.get_num_threads()} device {dev} | {args.tag} on {args.adc} W/L={args.wl:g} chip {args.chip}, "
           f"finetune batch {args.batch}, attack batch {len(xa)}")
 
     def forward() -> None:
@@ -68,7 +75,7 @@ def main() -> None:
 
     def step() -> None:
         train_steps(model, opt, data.x_train, data.y_train, steps=1, batch=args.batch, generator=gen,
-                    lr_at=lambda s: cosine_lr(1e-4, s, 100))
+                    lr_at=lambda s: cosine_lr(1e-4, s, 100), device=dev)
 
     def fwd_bwd() -> None:
         model.eval()
@@ -81,12 +88,12 @@ def main() -> None:
         fn()  # warm-up (numba compilation, weight packing)
     t: dict[str, list[float]] = {"forward": [], "digital": [], "step": [], "fwd_bwd": [], "cw_iter": []}
     for _ in range(args.runs):
-        t["forward"].append(_timed(forward))
-        t["digital"].append(_timed(digital_forward))
-        t["step"].append(_timed(step))
-        t["fwd_bwd"].append(_timed(fwd_bwd))
+        t["forward"].append(_timed(forward, dev))
+        t["digital"].append(_timed(digital_forward, dev))
+        t["step"].append(_timed(step, dev))
+        t["fwd_bwd"].append(_timed(fwd_bwd, dev))
         model.eval()
-        t["cw_iter"].append(_timed(lambda: cw(model, xa, ya)) / args.cw_iterations)
+        t["cw_iter"].append(_timed(lambda: cw(model, xa, ya), dev) / args.cw_iterations)
     med = {k: statistics.median(v) for k, v in t.items()}
     for k, v in t.items():
         print(f"{k:>8}: median {med[k]:.3f} s  ({', '.join(f'{s:.3f}' for s in v)})")

@@ -6,8 +6,11 @@ the float forward; the fused noise-free forward; the same with Gaussian noise (s
 and with a noise table (P(code | psum), the same Gaussian, through the table path); the pure-torch reference
 forward and the engine's own chunked matmuls (bench_cim.matmul_bounds); multi-level inputs (one 8-bit
 drive per row, one ADC read per tile: partial sums from an int8 matmul, read through bucket tables).
-Prints RESULT lines last.
-Run: .venv/bin/python benchmarks/bench_engine.py [--batch 16] [--runs 3]
+Prints RESULT lines last. With ``--device cuda`` every model runs the pure-torch path (the fused engine is
+CPU-only: "fused" and "reference" are then the same code), timed with a synchronize around each call;
+``--sync-check`` runs one more forward of each model under ``torch.cuda.set_sync_debug_mode("warn")`` and
+counts the operations that wait for the GPU (the engine loop should issue none).
+Run: .venv/bin/python benchmarks/bench_engine.py [--batch 16] [--runs 3] [--device cpu|cuda] [--sync-check]
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import warnings
+from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from bench_cim import _peak_gib, _time, matmul_bounds
 from scipy.stats import norm
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, RuntimeConfig, cim_layers, create_model
+from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model
 
 
 def _gaussian_table(psum_max: int, n_codes: int, sigma: float) -> tuple[tuple[float, ...], ...]:
@@ -52,6 +58,22 @@ BASE = CIMConfig(adc=ADCConfig(bits=5, kind="flash", psum_max=31.0), array=Array
                  quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0))
 
 
+def count_syncs(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, list[str]]:
+    """(the number of CUDA host syncs one no-grad forward of ``model`` issues, the source lines that issue them
+    with their counts, most frequent first)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return sum(where.values()), [f"{k} x{n}" for k, n in where.most_common(8)]
+
+
 def multilevel(cfg: CIMConfig) -> CIMConfig:
     """``cfg`` with 8-bit multi-level inputs read over the full partial-sum range."""
     return replace(cfg, adc=replace(cfg.adc, psum_max=None), quant=replace(cfg.quant, input_mode="multilevel"))
@@ -61,36 +83,51 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--chunk-elements", type=int, default=None, help="the runtime's chunk size (default: its own)")
+    ap.add_argument("--sync-check", action="store_true", help="count CUDA host syncs per forward (cuda only)")
     args = ap.parse_args()
+    dev = args.device
     torch.manual_seed(0)
-    base = BASE
-    x = torch.rand(args.batch, 3, 32, 32)
+    base = BASE if args.chunk_elements is None else replace(
+        BASE, runtime=replace(BASE.runtime, chunk_elements=args.chunk_elements))
+    x = torch.rand(args.batch, 3, 32, 32).to(dev)
     ref = create_model("vgg8").eval()
     models = {
         "fused": _model(base, ref, True),
         "gaussian": _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True),
         "table": _model(replace(base, adc=replace(base.adc, noise_table=_gaussian_table(128, 32, 0.5))), ref, False),
-        "reference": _model(replace(base, runtime=RuntimeConfig(fused=False)), ref, True),
+        "reference": _model(replace(base, runtime=replace(base.runtime, fused=False)), ref, True),
         "multilevel": _model(multilevel(base), ref, True),
     }
+    ref.to(dev)
+    for m in models.values():
+        m.to(dev)
     print(f"machine: {platform.node()} {platform.machine()} torch {torch.__version__} threads "
-          f"{torch.get_num_threads()} batch {args.batch} runs {args.runs}")
+          f"{torch.get_num_threads()} device {dev} batch {args.batch} runs {args.runs} chunk_elements "
+          f"{base.runtime.chunk_elements}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else ""))
     with torch.no_grad():
         for m in models.values():
             m(x)  # warm-up: numba compilation, weight packing
     times: dict[str, list[float]] = {k: [] for k in [*models, "float", "chunked", "bound"]}
     for _ in range(args.runs):
         with torch.no_grad():
-            times["float"].append(_time(lambda: ref(x), "cpu", 3))
+            times["float"].append(_time(lambda: ref(x), dev, 3))
             for name, m in models.items():
-                times[name].append(_time(lambda m=m: m(x), "cpu", 1))
-        bound, chunked = matmul_bounds(models["reference"], x, "cpu", base.runtime.chunk_elements, 1)
+                times[name].append(_time(lambda m=m: m(x), dev, 1))
+        bound, chunked = matmul_bounds(models["reference"], x, dev, base.runtime.chunk_elements, 1)
         times["bound"].append(bound)
         times["chunked"].append(chunked)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
         print(f"{k:>10}: median {med[k]:.3f} s  ({', '.join(f'{t:.3f}' for t in v)})")
-    print(f"peak RSS {_peak_gib('cpu'):.2f} GiB")
+    print(f"peak {'CUDA memory' if dev == 'cuda' else 'RSS'} {_peak_gib(dev):.2f} GiB")
+    print(f"work bound (one batched matmul per bit-plane over all tiles) {med['bound']:.3f} s: fused / bound "
+          f"{med['fused'] / med['bound']:.1f}x, float / bound {med['float'] / med['bound']:.2f}x")
+    if args.sync_check and dev == "cuda":
+        for name, m in models.items():
+            n, first = count_syncs(m, x)
+            print(f"host syncs in one {name} forward: {n}" + (f" at {', '.join(first)}" if n else ""))
     print(f"fused / float {med['fused'] / med['float']:.1f}x | reference / float {med['reference'] / med['float']:.1f}x"
           f" | fused speed-up over the reference {med['reference'] / med['fused']:.2f}x")
     print(f"RESULT cim_forward_vs_chunked_matmuls={med['fused'] / med['chunked']:.2f}")

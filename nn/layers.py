@@ -61,6 +61,7 @@ class _CIMMixin:
         self.frozen_weight_scale: torch.Tensor | None = None
         self._scale_cache: tuple[Any, torch.Tensor | None] = (None, None)
         self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+        self._offsets_seen: tuple[torch.Tensor, int, bool] | None = None
         self.stored_magnitudes: tuple[torch.Tensor, torch.Tensor] | None = None
         """(w+, w-) the cells of a programmed chip hold, integers shaped like the weight, when they are not the
         canonical split of the weights (bit flips: :class:`nn.attacks.StoredBits` sets them). The chip forward
@@ -70,8 +71,15 @@ class _CIMMixin:
     @property
     def has_offsets(self) -> bool:
         """True when the loaded chip shifts any threshold (derived from the buffer, so it survives
-        ``load_state_dict``)."""
-        return bool(self.adc_shift.any())
+        ``load_state_dict``). Remembered for the buffer object at its version (every in-place write bumps it, a
+        new buffer is another object): on an accelerator the check is a host sync, so it runs once per chip
+        load, not once per layer per forward."""
+        buf = self.adc_shift
+        seen = self._offsets_seen
+        if seen is None or seen[0] is not buf or seen[1] != buf._version:
+            seen = (buf, buf._version, bool(buf.any()))
+            self._offsets_seen = seen
+        return seen[2]
 
     def adc_map(self) -> np.ndarray:
         """Flat physical ADC index [T, S, P, N] (P = ``array.polarities``) of every column of this layer."""

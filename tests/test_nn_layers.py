@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,30 @@ def test_lookup_table_adc_equals_threshold_path(kind):
     direct.set_noise_seed(0)
     x = torch.rand(7, 100)
     assert torch.equal(lut.integer_forward(x)[0], direct.integer_forward(x)[0])
+
+
+def test_offset_flag_follows_every_way_the_chip_buffer_changes():
+    """``has_offsets`` is remembered per buffer version (no host sync per forward on an accelerator); every way of
+    loading or clearing a chip must still be seen, and the forward must read the chip that is loaded now."""
+    cfg = CIMConfig(adc=ADCConfig(bits=5, kind="flash"), array=ArrayConfig(rows=32, n_macros=2, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=4, input_bits=4))
+    torch.manual_seed(0)
+    layer, other = CIMLinear(100, 9, cim_config=cfg), CIMLinear(100, 9, cim_config=cfg)
+    other.load_state_dict(layer.state_dict())
+    x = torch.rand(7, 100)
+    nominal = layer.integer_forward(x)[0]
+    assert not layer.has_offsets
+    layer.load_adc_offsets(np.random.default_rng(0).normal(0, 3.0, (2, 4, 31)))
+    assert layer.has_offsets
+    on_chip = layer.integer_forward(x)[0]
+    assert not torch.equal(on_chip, nominal)
+    layer.clear_adc_offsets()
+    assert not layer.has_offsets and torch.equal(layer.integer_forward(x)[0], nominal)
+    layer.adc_shift[0, 0, 0, 0, 3] = 2.0  # an in-place write of one threshold
+    assert layer.has_offsets
+    other.load_state_dict(layer.state_dict())  # copied in place into other's buffer
+    assert other.has_offsets
+    layer.adc_shift = torch.zeros_like(layer.adc_shift)  # a new buffer object
+    assert not layer.has_offsets
+    twin = copy.deepcopy(other)
+    assert twin.has_offsets and torch.equal(twin.integer_forward(x)[0], other.integer_forward(x)[0])
