@@ -115,6 +115,7 @@ def main() -> None:
             times["float"].append(_time(lambda: ref(x), dev, 3))
             for name, m in models.items():
                 times[name].append(_time(lambda m=m: m(x), dev, 1))
+                print(f"  {name}: {times[name][-1]:.3f} s", flush=True)
         bound, chunked = matmul_bounds(models["reference"], x, dev, base.runtime.chunk_elements, 1)
         times["bound"].append(bound)
         times["chunked"].append(chunked)

@@ -2,7 +2,7 @@
 # The GPU measurements of issues 13, 9 and 10 in one call of a lent GPU machine (benchmarks/RESULTS.md).
 #
 # Usage: benchmarks/gpu_session.sh DONE_RUN CIRCUIT_RUN LOG_DIR
-#   DONE_RUN     a finished `cimcosim run` folder (the quick preset: model0, chips, finetuned chips, noise study)
+#   DONE_RUN     a finished `cimcosim run` folder of the quick preset (its train/ and chips/ are what is read)
 #   CIRCUIT_RUN  a run folder stopped after `--until chips`: the network stages are run here with --device cuda
 #   LOG_DIR      where each step's log goes
 # Environment: PY (the Python that has torch with CUDA; default python3), CIMCOSIM_FASHION_MNIST (the folder of
@@ -30,14 +30,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 # Issue 13: the engine on the GPU (batch 64 and 256), its host syncs, and a GPU-sized chunk.
 step engine_b64 110 "$PY" bench_engine.py --device cuda --batch 64 --runs 3 --sync-check
-step engine_b256 110 "$PY" bench_engine.py --device cuda --batch 256 --runs 3
-step engine_b256_chunk26 90 "$PY" bench_engine.py --device cuda --batch 256 --runs 3 --chunk-elements 67108864
+step engine_b256 100 "$PY" bench_engine.py --device cuda --batch 256 --runs 3
+step engine_b256_chunk26 75 "$PY" bench_engine.py --device cuda --batch 256 --runs 3 --chunk-elements 67108864
 # Issue 9: chip-in-the-loop costs (C&W L2 iteration on 100 images, finetune step) on the GPU.
-step chip_loop 70 "$PY" bench_chip_loop.py --run-dir "$DONE_RUN" --tag vgg8_fmnist --adc sar --wl 4 --device cuda
+step chip_loop 60 "$PY" bench_chip_loop.py --run-dir "$DONE_RUN" --tag vgg8_fmnist --adc sar --wl 4 --device cuda
 # Issue 10: one BFA iteration against its bound on the GPU.
-step bfa 50 "$PY" bench_bfa.py --run-dir "$DONE_RUN" --tag vgg8_fmnist --device cuda
+step bfa 35 "$PY" bench_bfa.py --run-dir "$DONE_RUN" --tag vgg8_fmnist --device cuda
+step bfa_noisy_psq 35 "$PY" bench_bfa.py --run-dir "$DONE_RUN" --tag sn_b4_n0.5_1bit_std --device cuda
 # The network stages of the quick preset on the GPU (wall time per stage in the manifest).
 cd ..
-step pipeline_cuda 200 "$PY" -m pipeline.cli run --run-dir "$CIRCUIT_RUN" --device cuda
+step pipeline_cuda 150 "$PY" -m pipeline.cli run --run-dir "$CIRCUIT_RUN" --device cuda
 cp "$CIRCUIT_RUN/manifest.json" "$LOG/manifest_cuda.json" 2>/dev/null
 echo "=== end $(date +%T)"
