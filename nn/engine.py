@@ -27,7 +27,15 @@ import math
 import torch
 
 from nn import fused
-from nn.adc import adc_read, adc_tables, lookup_tables, noise_table_cdf, sample_codes, xnor_periphery
+from nn.adc import (
+    adc_read,
+    adc_tables,
+    lookup_tables,
+    noise_table_cdf,
+    sample_codes,
+    sar_effective_thresholds,
+    xnor_periphery,
+)
 from nn.config import CIMConfig
 
 _LUT_MAX_ELEMENTS = 2**26  # table entries per layer (256 MiB in float32)
@@ -61,21 +69,74 @@ def magnitude_cells(mags: torch.Tensor, weight_bits: int, cell_bits: int) -> tor
 
 
 def _chunk_forward(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor,
-                   lut: torch.Tensor | None, thr: torch.Tensor, lev: torch.Tensor, shift: torch.Tensor | None,
+                   lut: torch.Tensor | None, srt: torch.Tensor | None, thr: torch.Tensor, lev: torch.Tensor,
                    noise: torch.Tensor | None, adc_cfg, step: float, xnor: bool) -> torch.Tensor:
     """Output [m, C] of one chunk of input rows ``xt`` [T, m, R] (integer-valued floats).
 
     ``w`` [T, R (+1), C] weight cells (plus the table-offset row when ``lut`` [T * C * n_p] is given);
     ``bit_w`` [P] the digital weight of each input plane (P = 1 for multi-level inputs); ``col_w`` [C]
-    each column's digital weight (slice significance x polarity sign), already folded into ``lut``.
+    each column's digital weight (slice significance x polarity sign), already folded into ``lut``. Without a
+    table, ``srt`` holds the sorted (shifted) thresholds ([n] shared, or [T, C, n] per physical column) that a
+    reading counts (:func:`count_sorted`), or is None for a uniform unshifted ADC (closed form).
     """
     psum = torch.bmm(_planes(xt, bit_w.shape[0], lut is not None, xnor), w)  # [T, P * m, C]
     if lut is not None:
         return _lut_readout(psum, lut, bit_w)
     if noise is not None:
         psum = psum + noise
-    s = None if shift is None else shift.unsqueeze(1)  # [T, 1, C, n_thr]
-    return _shift_add(adc_read(psum, adc_cfg, thr, lev, step, s) * col_w, bit_w)
+    if srt is None:
+        return _shift_add(adc_read(psum, adc_cfg, thr, lev, step, None) * col_w, bit_w)
+    return _shift_add(lev[count_sorted(psum, srt)] * col_w, bit_w)
+
+
+def count_sorted(psum: torch.Tensor, srt: torch.Tensor) -> torch.Tensor:
+    """Codes [T, M, C]: the number of thresholds at or below each reading of ``psum`` [T, M, C], by one binary
+    search per reading in the sorted thresholds ``srt`` ([n], or [T, C, n] per column). This is the Flash ones
+    count (thresholds in any order) and, on thresholds from :func:`nn.adc.sar_effective_thresholds`, the SAR
+    search: the same codes as :func:`nn.adc.adc_read`'s pass per threshold, in one pass."""
+    if srt.dim() == 1:
+        return torch.searchsorted(srt, psum, right=True)
+    return torch.searchsorted(srt, psum.transpose(1, 2).contiguous(), right=True).transpose(1, 2)
+
+
+def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, int, int, int], dev: torch.device,
+            dt: torch.dtype, table_cache: dict | None) -> tuple:
+    """(thr, lev, step, col_w, lut, srt, cdf) of the reference readout: the ADC's thresholds and levels, each
+    column's digital weight, and one of the lookup table (noise free, where it fits), the sorted (shifted)
+    thresholds (noisy, or too large for a table) or the noise table's CDF. Kept in ``table_cache`` for the
+    config, device, dtype and layer shape, and for ``shift`` as the same object at the same version (rebuilt
+    when it is modified in place, replaced or moved): on an accelerator nothing is rebuilt or copied from the
+    host per forward."""
+    adc = cfg.adc
+    tiles, cols, n_slices, n_pol, n = shape
+    key = (cfg, dev, dt, shape, None if shift is None else (shift._version, tuple(shift.shape)))
+    if table_cache is not None and table_cache.get("key") == key and table_cache.get("shift") is shift:
+        return table_cache["tables"]
+    lo, hi = cfg.psum_range
+    n_p = hi - lo + 1
+    thr, lev, step = adc_tables(adc, lo, hi, dev, dt)
+    slice_w = 2.0 ** (cfg.array.cell_bits * torch.arange(n_slices, device=dev, dtype=dt))
+    sign = torch.tensor([1.0, -1.0][:n_pol], device=dev, dtype=dt)
+    col_w = (slice_w[:, None, None] * sign[None, :, None]).expand(n_slices, n_pol, n).reshape(cols)
+    flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
+    lut = srt = cdf = None
+    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
+    exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
+    if adc.noise_table is not None:
+        cdf = noise_table_cdf(adc, dev, dt)
+    elif not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact:
+        flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
+        table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
+        lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
+    elif flat_shift is not None:
+        t = thr + flat_shift
+        srt = torch.sort(sar_effective_thresholds(t) if adc.kind == "sar" else t, -1).values.contiguous()
+    elif adc.thresholds is not None:  # a custom scheme (strictly increasing), unshifted: one row for every column
+        srt = thr
+    tables = (thr, lev, step, col_w, lut, srt, cdf)
+    if table_cache is not None:
+        table_cache.update(key=key, tables=tables, shift=shift)  # holding shift keeps its identity unique
+    return tables
 
 
 def _lut_readout(psum: torch.Tensor, lut: torch.Tensor, bit_w: torch.Tensor) -> torch.Tensor:
@@ -170,29 +231,14 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     tiles, rows, cols = w.shape
     dev, dt = x_int.device, x_int.dtype
     lo, hi = cfg.psum_range
-    n_p = hi - lo + 1
-    thr, lev, step = adc_tables(adc, lo, hi, dev, dt)
-    sign = torch.tensor([1.0, -1.0][:n_pol], device=dev, dtype=dt)
-    col_w = (slice_w[:, None, None] * sign[None, :, None]).expand(n_slices, n_pol, n).reshape(cols)
-    flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
-    lut = None
-    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
-    exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
-    if not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact:
-        flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
-        key = (cfg, dev, dt, tiles, cols, flat,
-               None if shift is None else (shift._version, tuple(shift.shape)))
-        if table_cache is not None and table_cache.get("key") == key and table_cache.get("shift") is shift:
-            lut = table_cache["lut"]
-        else:
-            table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
-            lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
-            if table_cache is not None:
-                table_cache.update(key=key, lut=lut, shift=shift)  # holding shift keeps its identity unique
+    thr, lev, step, col_w, lut, srt, cdf = _tables(cfg, shift, (tiles, cols, n_slices, n_pol, n), dev, dt,
+                                                   table_cache)
+    if lut is not None:
+        n_p = hi - lo + 1
+        flat = lut.dim() == 1
         tile_base = torch.arange(tiles, device=dev, dtype=dt)[:, None] * (cols * n_p if flat else 0)
         offset = (tile_base + torch.arange(cols, device=dev, dtype=dt) * n_p - lo).view(tiles, 1, cols)
         w = torch.cat([w, offset], 1)  # the constant input row turns each partial sum into its table index
-    cdf = noise_table_cdf(adc, dev, dt) if adc.noise_table is not None else None
     b = x_int.shape[0]
     n_planes = bit_w.numel()
     m = min(b, chunk_rows(tiles, n_planes, cols, cfg.runtime.chunk_elements))
@@ -206,7 +252,7 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
         if cdf is not None:
             y = _table_chunk(xt, w, bit_w, col_w, cdf, lev, lo, generator, array.xnor)
         else:
-            y = _chunk_forward(xt, w, bit_w, col_w, lut, thr, lev, flat_shift, noise, adc, step, array.xnor)
+            y = _chunk_forward(xt, w, bit_w, col_w, lut, srt, thr, lev, noise, adc, step, array.xnor)
         out[start:start + m] = y.reshape(-1, n_slices * n_pol, n).sum(1)
     if array.xnor:
         return xnor_periphery(out, cells[:, 0], bit_w, slice_w)
