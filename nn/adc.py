@@ -114,11 +114,27 @@ def noise_table_cdf(adc: ADCConfig, device, dtype) -> torch.Tensor:
     return p.cumsum(-1)[:, :-1].to(dtype)
 
 
+def cdf_keys(cdf: torch.Tensor) -> torch.Tensor | None:
+    """Sorted int64 search keys [n_p * (n_codes - 1)] of a float32 CDF ``cdf`` [n_p, n_codes - 1] for
+    :func:`sample_codes`' one-pass draw: row r's key k is r * 2^31 + the bit pattern of cdf[r, k]. For
+    non-negative float32 values the bit pattern orders as the value does, so u >= cdf[r, k] exactly when
+    r * 2^31 + bits(u) >= key: the draw is the loop's, bit for bit. None for other dtypes."""
+    if cdf.dtype != torch.float32:
+        return None
+    rows = torch.arange(cdf.shape[0], device=cdf.device, dtype=torch.int64)[:, None] << 31
+    return (rows + cdf.contiguous().view(torch.int32).to(torch.int64)).reshape(-1)
+
+
 def sample_codes(psum: torch.Tensor, cdf: torch.Tensor, psum_lo: int,
-                 generator: torch.Generator | None) -> torch.Tensor:
-    """A code per ideal integer partial sum, drawn from the measured table (inverse CDF, one uniform each)."""
+                 generator: torch.Generator | None, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """A code per ideal integer partial sum, drawn from the measured table (inverse CDF, one uniform each):
+    code = #{k : u >= cdf[row, k]}. With ``keys`` (:func:`cdf_keys`, float32) one binary search per reading,
+    else one pass per code (the reference); the same draws either way."""
     u = torch.rand(psum.shape, generator=generator, device=psum.device, dtype=psum.dtype)
     row = (psum - psum_lo).long()
+    if keys is not None and u.dtype == torch.float32:
+        vals = (row << 31) + u.view(torch.int32).to(torch.int64)
+        return torch.searchsorted(keys, vals, right=True) - row * cdf.shape[1]
     code = torch.zeros(psum.shape, dtype=torch.long, device=psum.device)
     for k in range(cdf.shape[1]):
         code += u >= cdf[:, k][row]

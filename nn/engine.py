@@ -30,6 +30,7 @@ from nn import fused
 from nn.adc import (
     adc_read,
     adc_tables,
+    cdf_keys,
     lookup_tables,
     noise_table_cdf,
     sample_codes,
@@ -103,10 +104,10 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
             dt: torch.dtype, table_cache: dict | None) -> tuple:
     """(thr, lev, step, col_w, lut, srt, cdf) of the reference readout: the ADC's thresholds and levels, each
     column's digital weight, and one of the lookup table (noise free, where it fits), the sorted (shifted)
-    thresholds (noisy, or too large for a table) or the noise table's CDF. Kept in ``table_cache`` for the
-    config, device, dtype and layer shape, and for ``shift`` as the same object at the same version (rebuilt
-    when it is modified in place, replaced or moved): on an accelerator nothing is rebuilt or copied from the
-    host per forward."""
+    thresholds (noisy, or too large for a table) or the noise table's (CDF, search keys). Kept in
+    ``table_cache`` for the config, device, dtype and layer shape, and for ``shift`` as the same object at the
+    same version (rebuilt when it is modified in place, replaced or moved): on an accelerator nothing is
+    rebuilt or copied from the host per forward."""
     adc = cfg.adc
     tiles, cols, n_slices, n_pol, n = shape
     key = (cfg, dev, dt, shape, None if shift is None else (shift._version, tuple(shift.shape)))
@@ -123,7 +124,8 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
     exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
     if adc.noise_table is not None:
-        cdf = noise_table_cdf(adc, dev, dt)
+        p_cum = noise_table_cdf(adc, dev, dt)
+        cdf = (p_cum, cdf_keys(p_cum))
     elif not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact:
         flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
@@ -250,7 +252,7 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
             noise = adc.noise_sigma * torch.randn(tiles, n_planes * xt.shape[1], cols, generator=generator,
                                                   device=dev, dtype=dt)
         if cdf is not None:
-            y = _table_chunk(xt, w, bit_w, col_w, cdf, lev, lo, generator, array.xnor)
+            y = _table_chunk(xt, w, bit_w, col_w, cdf[0], cdf[1], lev, lo, generator, array.xnor)
         else:
             y = _chunk_forward(xt, w, bit_w, col_w, lut, srt, thr, lev, noise, adc, step, array.xnor)
         out[start:start + m] = y.reshape(-1, n_slices * n_pol, n).sum(1)
@@ -314,7 +316,9 @@ def _soft_slope(psum: torch.Tensor, thr: torch.Tensor, rise: torch.Tensor, tempe
 
 
 def _table_chunk(xt: torch.Tensor, w: torch.Tensor, bit_w: torch.Tensor, col_w: torch.Tensor, cdf: torch.Tensor,
-                 lev: torch.Tensor, lo: int, generator: torch.Generator | None, xnor: bool) -> torch.Tensor:
-    """Measured-noise readout of one chunk: every reading is a code drawn from P(code | ideal psum)."""
+                 keys: torch.Tensor | None, lev: torch.Tensor, lo: int, generator: torch.Generator | None,
+                 xnor: bool) -> torch.Tensor:
+    """Measured-noise readout of one chunk: every reading is a code drawn from P(code | ideal psum) (one binary
+    search per reading through ``keys``, :func:`nn.adc.cdf_keys`, where the dtype allows)."""
     psum = torch.bmm(_planes(xt, bit_w.shape[0], False, xnor), w)
-    return _shift_add(lev[sample_codes(psum, cdf, lo, generator)] * col_w, bit_w)
+    return _shift_add(lev[sample_codes(psum, cdf, lo, generator, keys)] * col_w, bit_w)

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import nn.engine as engine
 from nn import ADCConfig, ArrayConfig, CIMConfig, CIMLinear, QuantConfig, RuntimeConfig, cim_layers, create_model
-from nn.adc import adc_read, adc_tables, sar_effective_thresholds
+from nn.adc import adc_read, adc_tables, cdf_keys, sample_codes, sar_effective_thresholds
 
 TORCH_PATH = RuntimeConfig(fused=False)
 ARRAY = ArrayConfig(rows=32, n_macros=2, adcs_per_macro=4)
@@ -82,6 +82,25 @@ def test_torch_path_threshold_readout_equals_its_lookup_tables(kind):
     lut.load_adc_offsets(np.random.default_rng(1).normal(0, 1.5, (2, 4, 31)))  # another chip, loaded in place
     direct.load_state_dict(lut.state_dict())
     assert torch.equal(lut.integer_forward(x)[0], direct.integer_forward(x)[0])
+
+
+def test_one_pass_noise_table_draws_equal_the_loop_bit_for_bit():
+    """The binary search over bit-pattern keys draws the loop's codes, also where u equals a cut exactly, on
+    zero, denormal and all-one rows and cumulative sums a rounding above 1."""
+    n_p, n_codes = 9, 7
+    psum = torch.randint(0, n_p, (3, 400, 5), generator=torch.Generator().manual_seed(1)).float()
+    u = torch.rand(psum.shape, generator=torch.Generator().manual_seed(7))  # the draws sample_codes will make
+    p = torch.rand(n_p, n_codes, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cdf = (p.cumsum(-1) / p.sum(-1, keepdim=True))[:, :-1].float()
+    cdf[4] = torch.sort(u.flatten()[:6]).values  # cuts equal to drawn u: ties decide by u >= cut
+    cdf[5] = torch.tensor([0.0, 0.0, 1e-40, 1e-30, 0.5, 1.0000001])
+    cdf[6], cdf[7] = 1.0, 0.0
+    keys = cdf_keys(cdf)
+    assert keys is not None and cdf_keys(cdf.double()) is None
+    want = sample_codes(psum, cdf, 0, torch.Generator().manual_seed(7))
+    got = sample_codes(psum, cdf, 0, torch.Generator().manual_seed(7), keys)
+    assert torch.equal(got, want)
+    assert (want[psum == 4] > 0).any() and (want[psum == 6] == 0).all() and (want[psum == 7] == n_codes - 1).all()
 
 
 def _noise_table(n_p: int, n_codes: int, sigma: float) -> tuple[tuple[float, ...], ...]:
