@@ -62,6 +62,7 @@ class _CIMMixin:
         self._scale_cache: tuple[Any, torch.Tensor | None] = (None, None)
         self._cells_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
         self._offsets_seen: tuple[torch.Tensor, int, bool] | None = None
+        self._stored_key: tuple[tuple[torch.Tensor, int], ...] | None = None
         self.stored_magnitudes: tuple[torch.Tensor, torch.Tensor] | None = None
         """(w+, w-) the cells of a programmed chip hold, integers shaped like the weight, when they are not the
         canonical split of the weights (bit flips: :class:`nn.attacks.StoredBits` sets them). The chip forward
@@ -179,7 +180,31 @@ class _CIMMixin:
         if self.stored_magnitudes is None:
             return None
         pos, neg = (t.reshape(self._n, self._k).to(device=w.device, dtype=w.dtype) for t in self.stored_magnitudes)
+        if self._stored_fresh():
+            return torch.stack([pos, neg])  # written with the weights they add up to, both untouched since
         return torch.stack([pos, neg]) if torch.equal(pos - neg, w) else None
+
+    def store_magnitudes(self, pos: torch.Tensor, neg: torch.Tensor) -> None:
+        """Program cells (w+, w-) = (``pos``, ``neg``) (integers shaped like the weight) that add up to the
+        integer weights the layer holds now (the caller has just written them). Until the weight, its frozen
+        scale or the cells change, the forward trusts them without a compare (a host sync per layer on an
+        accelerator); after any change it compares, and ignores them once stale."""
+        self.stored_magnitudes = (pos, neg)
+        parts = self._stored_parts()
+        self._stored_key = None if parts is None else tuple((t, t._version) for t in parts)
+
+    def _stored_parts(self) -> tuple[torch.Tensor, ...] | None:
+        """What the integer weights and the stored cells are made of: weight, frozen scale, w+, w-."""
+        if self.stored_magnitudes is None or self.frozen_weight_scale is None:
+            return None
+        return (self.weight, self.frozen_weight_scale, *self.stored_magnitudes)
+
+    def _stored_fresh(self) -> bool:
+        """True when every part is the object :meth:`store_magnitudes` saw, at the version it saw (the key holds
+        the objects themselves, so no identity is reused)."""
+        parts, key = self._stored_parts(), self._stored_key
+        return (parts is not None and key is not None and len(parts) == len(key)
+                and all(p is k and p._version == v for p, (k, v) in zip(parts, key, strict=True)))
 
     def chip_matmul(self, x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
         """Integer outputs [B, N] of the simulated crossbars for integer inputs [B, K] (no gradient)."""

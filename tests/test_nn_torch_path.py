@@ -9,6 +9,7 @@ mode counts them here, in CI, where no GPU is.
 from __future__ import annotations
 
 import collections
+import copy
 import traceback
 from dataclasses import replace
 
@@ -160,3 +161,29 @@ def test_torch_path_forward_and_backward_read_nothing_back_and_rebuild_no_table(
     assert built["adc_tables"] == 0
     assert set(reads.sites) <= {"layers.py:_cells"}, reads.sites
     assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0
+
+
+def test_flipped_cells_are_read_without_a_host_compare_and_as_the_compare_reads_them():
+    """After bit flips (StoredBits writes weights and cells together) the chip forward trusts the cells without
+    comparing them to the weights; a twin that must compare reads the same outputs."""
+    from nn.attacks.bfa import StoredBits
+
+    model = _chip_model(SETUPS["gaussian noise, chip"][0], True).eval()
+    bits = StoredBits(model)
+    for idx in (bits.values(0).reshape(-1) > 0).nonzero().reshape(-1)[:10].tolist():
+        bits.replay(bits.names[0], idx, 0, "neg")  # both columns of a pair hold bits: not a canonical split
+    twin = copy.deepcopy(model)  # fresh tensors: the twin's cells are checked by content
+    for a, b in zip(cim_layers(model), cim_layers(twin), strict=True):
+        assert a._stored_fresh() and not b._stored_fresh()
+        a.set_noise_seed(3)
+        b.set_noise_seed(3)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        model(x)  # the chip's offsets are checked once per load
+    model.apply(lambda m: m.set_noise_seed(3) if hasattr(m, "set_noise_seed") else None)
+    reads = HostReads()
+    with reads, torch.no_grad():
+        y = model(x)
+    assert set(reads.sites) <= {"layers.py:_cells"}, reads.sites
+    with torch.no_grad():
+        assert torch.equal(y, twin(x))

@@ -98,7 +98,7 @@ class StoredBits:
         m = self.layers[i]
         with torch.no_grad():
             m.weight.copy_((self.values(i).to(m.weight.dtype) * m.frozen_weight_scale).reshape(m.weight.shape))
-        m.stored_magnitudes = (self.pos[i], self.neg[i])  # the chip reads the cells, not a re-split of w
+        m.store_magnitudes(self.pos[i], self.neg[i])  # the chip reads the cells, not a re-split of w
 
     def deltas(self, i: int) -> torch.Tensor:
         """[bits per weight, numel] the change of each weight's integer if that stored bit flipped."""
