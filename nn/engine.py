@@ -110,7 +110,8 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
     rebuilt or copied from the host per forward."""
     adc = cfg.adc
     tiles, cols, n_slices, n_pol, n = shape
-    key = (cfg, dev, dt, shape, None if shift is None else (shift._version, tuple(shift.shape)))
+    exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
+    key = (cfg, dev, dt, shape, exact, None if shift is None else (shift._version, tuple(shift.shape)))
     if table_cache is not None and table_cache.get("key") == key and table_cache.get("shift") is shift:
         return table_cache["tables"]
     lo, hi = cfg.psum_range
@@ -122,7 +123,6 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
     flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = srt = cdf = None
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
-    exact = _exact_ints(dt)  # half precision: no tables, the threshold path below
     if adc.noise_table is not None:
         p_cum = noise_table_cdf(adc, dev, dt)
         cdf = (p_cum, cdf_keys(p_cum))

@@ -26,18 +26,24 @@ def _chip_layer(cfg: CIMConfig, k: int = 100, n: int = 9, seed: int = 0) -> CIML
 ARRAY = ArrayConfig(rows=32, n_macros=2, adcs_per_macro=4)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", ["flash", "sar"])
-def test_chunk_size_and_table_layout_never_change_results(kind, monkeypatch):
-    base = CIMConfig(adc=ADCConfig(bits=5, kind=kind), array=ARRAY, quant=QuantConfig(weight_bits=4, input_bits=5))
+def test_chunk_size_and_table_layout_never_change_results(kind, fused, monkeypatch):
+    base = CIMConfig(adc=ADCConfig(bits=5, kind=kind), array=ARRAY, quant=QuantConfig(weight_bits=4, input_bits=5),
+                     runtime=RuntimeConfig(fused=fused))
     layer = _chip_layer(base)
     x = torch.rand(23, 100)
     want = layer.integer_forward(x)[0]
     tiny = CIMLinear(100, 9, cim_config=CIMConfig(adc=base.adc, array=ARRAY, quant=base.quant,
-                                                  runtime=RuntimeConfig(chunk_elements=1)))
+                                                  runtime=RuntimeConfig(chunk_elements=1, fused=fused)))
     tiny.load_state_dict(layer.state_dict())
     assert torch.equal(tiny.integer_forward(x)[0], want)  # one input row per chunk
     monkeypatch.setattr(engine, "_FLOAT32_EXACT", 2000)  # per-tile tables (the very-large-layer path)
-    assert torch.equal(layer.integer_forward(x)[0], want)
+    fresh = CIMLinear(100, 9, cim_config=base)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.integer_forward(x)[0], want) and torch.equal(layer.integer_forward(x)[0], want)
+    if not fused:
+        assert fresh._table_cache["tables"][4].dim() == 2  # per-tile rows, not one flat table
 
 
 def test_multilevel_inputs_are_exact_with_a_lossless_adc():
