@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
-     [--ste-smooth T [T ...]]
+     [--ste-smooth T [T ...]] [--noise-off]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--ste-smooth", type=float, nargs="+", default=[], metavar="T",
                     help="add white-box PGD through a soft staircase of temperature T partial sums per reading "
                          "(QuantConfig.psum_ste_smooth = T; BPDA with a smooth surrogate), one per T")
+    ap.add_argument("--noise-off", action="store_true",
+                    help="read the model without the read noise it was trained with (the weights-vs-noise "
+                         "control: is its robustness in the weights or in the test-time noise?)")
     args = ap.parse_args()
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
         ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
@@ -66,7 +69,8 @@ def main() -> None:
         ap.error("need --ste-window >= 0 and every --ste-smooth T > 0")
     torch.set_num_threads(args.threads)
     try:
-        model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
+        model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt",
+                                              noise_off=args.noise_off)
     except ArtifactError as exc:
         ap.exit(2, f"adv_diagnostics: {exc}\n")
     data = load_data(header["data"], 2048, args.images)
@@ -132,7 +136,8 @@ def main() -> None:
     scored("digital twin's PGD (cross-entropy, 10 steps) applied", twin_ce)
     scored(f"digital twin's PGD (margin, 50 steps, {args.restarts} restarts) applied", twin_margin)
     rows.append(("ensemble: right clean and under every attack above", 100 * float(survive.float().mean())))
-    print(f"| {args.tag}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
+    name = f"{args.tag}{' (noise off)' if args.noise_off else ''}"
+    print(f"| {name}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.1f} |")
 
