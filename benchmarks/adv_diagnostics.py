@@ -136,8 +136,8 @@ def main() -> None:
     scored("digital twin's PGD (cross-entropy, 10 steps) applied", twin_ce)
     scored(f"digital twin's PGD (margin, 50 steps, {args.restarts} restarts) applied", twin_margin)
     rows.append(("ensemble: right clean and under every attack above", 100 * float(survive.float().mean())))
-    name = f"{args.tag}{' (noise off)' if args.noise_off else ''}"
-    print(f"| {name}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
+    title = f"{args.tag}{' (noise off)' if args.noise_off else ''}"
+    print(f"| {title}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.1f} |")
 

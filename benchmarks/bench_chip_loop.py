@@ -16,25 +16,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
+from bench_cim import add_device_arg, check_device, timed_once
 
 from nn.attacks import CWL2
 from nn.training import cosine_lr, make_optimizer, train_steps
 from pipeline.checkpoint import load_checkpoint
 from pipeline.datasets import load_data
 from pipeline.deployments import Design
-
-
-def _timed(fn, device: str = "cpu") -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -48,9 +38,10 @@ def main() -> None:
     ap.add_argument("--attack-batch", type=int, default=100, help="C&W images (the attack stage's default 100)")
     ap.add_argument("--cw-iterations", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device_arg(ap)
     args = ap.parse_args()
     dev = args.device
+    check_device(ap, dev)
     design = Design(args.run_dir, args.tag, args.adc, args.wl, device=dev)
     model = design.model(f"raw_c{args.chip}")
     digital = design.model("model0")
@@ -88,12 +79,12 @@ def main() -> None:
         fn()  # warm-up (numba compilation, weight packing)
     t: dict[str, list[float]] = {"forward": [], "digital": [], "step": [], "fwd_bwd": [], "cw_iter": []}
     for _ in range(args.runs):
-        t["forward"].append(_timed(forward, dev))
-        t["digital"].append(_timed(digital_forward, dev))
-        t["step"].append(_timed(step, dev))
-        t["fwd_bwd"].append(_timed(fwd_bwd, dev))
+        t["forward"].append(timed_once(forward, dev))
+        t["digital"].append(timed_once(digital_forward, dev))
+        t["step"].append(timed_once(step, dev))
+        t["fwd_bwd"].append(timed_once(fwd_bwd, dev))
         model.eval()
-        t["cw_iter"].append(_timed(lambda: cw(model, xa, ya), dev) / args.cw_iterations)
+        t["cw_iter"].append(timed_once(lambda: cw(model, xa, ya), dev) / args.cw_iterations)
     med = {k: statistics.median(v) for k, v in t.items()}
     for k, v in t.items():
         print(f"{k:>8}: median {med[k]:.3f} s  ({', '.join(f'{s:.3f}' for s in v)})")

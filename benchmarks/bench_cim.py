@@ -22,16 +22,40 @@ from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, RuntimeConfig, ci
 from nn.engine import chunk_rows, weight_slices
 
 
-def _time(fn, device: str, reps: int = 1) -> float:
-    fn()  # warm-up
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a wall-clock time covers it."""
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def timed_once(fn, device: str) -> float:
+    """Seconds of one call of ``fn`` (no warm-up), the device's queued work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def _time(fn, device: str, reps: int = 1) -> float:
+    fn()  # warm-up
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return (time.perf_counter() - t0) / reps
+
+
+def add_device_arg(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
+    """The benchmarks' ``--device cpu|cuda``."""
+    ap.add_argument("--device", default=default, choices=("cpu", "cuda"), help="cpu | cuda (default %(default)s)")
+
+
+def check_device(ap: argparse.ArgumentParser, device: str) -> None:
+    """One line and exit 2 when ``--device cuda`` has no CUDA device to run on."""
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this torch build sees no CUDA device; use --device cpu")
 
 
 def _peak_gib(device: str) -> float:
@@ -84,11 +108,12 @@ def matmul_bounds(cim: torch.nn.Module, x: torch.Tensor, dev: str, chunk_element
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(ap, "cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--chunk-elements", type=int, default=RuntimeConfig().chunk_elements)
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     dev = args.device
+    check_device(ap, dev)
     torch.manual_seed(0)
     cfg = CIMConfig(adc=ADCConfig(bits=5, kind="flash"), array=ArrayConfig(rows=128),
                     quant=QuantConfig(weight_bits=2, input_bits=8, input_max=4.0),
@@ -124,13 +149,7 @@ def main() -> None:
     t_bwd = 0.0
     for _ in range(args.reps):  # the backward call alone, after an untimed forward
         loss = fwd_grad()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss.backward()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t_bwd += (time.perf_counter() - t0) / args.reps
+        t_bwd += timed_once(loss.backward, dev) / args.reps
     peak = (f"peak memory {'CUDA' if dev == 'cuda' else 'RSS'}: after float forwards {rss_float:.2f} GiB, "
             f"after CIM forwards {rss_cim:.2f} GiB, at the end (incl. work-bound tensors) {_peak_gib(dev):.2f} GiB")
     print(f"float forward {t_float:.3f} s | CIM forward {t_cim:.2f} s | work bound (matmuls) {t_bound:.2f} s | "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_cim import _peak_gib, _time, matmul_bounds
+from bench_cim import _peak_gib, _time, add_device_arg, check_device, matmul_bounds
 from scipy.stats import norm
 
 from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model
@@ -83,11 +83,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device_arg(ap)
     ap.add_argument("--chunk-elements", type=int, default=None, help="the runtime's chunk size (default: its own)")
     ap.add_argument("--sync-check", action="store_true", help="count CUDA host syncs per forward (cuda only)")
     args = ap.parse_args()
     dev = args.device
+    check_device(ap, dev)
     torch.manual_seed(0)
     base = BASE if args.chunk_elements is None else replace(
         BASE, runtime=replace(BASE.runtime, chunk_elements=args.chunk_elements))

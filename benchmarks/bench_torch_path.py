@@ -16,7 +16,7 @@ import statistics
 from dataclasses import replace
 
 import torch
-from bench_cim import _peak_gib, _time
+from bench_cim import _peak_gib, _time, add_device_arg, check_device
 from bench_engine import BASE, _gaussian_table, _model
 
 from nn import create_model
@@ -26,9 +26,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device_arg(ap)
     args = ap.parse_args()
     dev = args.device
+    check_device(ap, dev)
     torch.manual_seed(0)
     base = replace(BASE, runtime=replace(BASE.runtime, fused=False))
     gauss = replace(base.adc, noise_sigma=0.5)

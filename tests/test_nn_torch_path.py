@@ -175,12 +175,11 @@ def test_flipped_cells_are_read_without_a_host_compare_and_as_the_compare_reads_
     twin = copy.deepcopy(model)  # fresh tensors: the twin's cells are checked by content
     for a, b in zip(cim_layers(model), cim_layers(twin), strict=True):
         assert a._stored_fresh() and not b._stored_fresh()
-        a.set_noise_seed(3)
-        b.set_noise_seed(3)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         model(x)  # the chip's offsets are checked once per load
-    model.apply(lambda m: m.set_noise_seed(3) if hasattr(m, "set_noise_seed") else None)
+    for m in (*cim_layers(model), *cim_layers(twin)):
+        m.set_noise_seed(3)
     reads = HostReads()
     with reads, torch.no_grad():
         y = model(x)
