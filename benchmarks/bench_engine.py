@@ -5,8 +5,10 @@ ADC with per-chip offsets (N(0, 0.5) LSB per comparator) loaded in every layer. 
 the float forward; the fused noise-free forward; the same with Gaussian noise (sigma 0.5 partial-sum units)
 and with a noise table (P(code | psum), the same Gaussian, through the table path); the pure-torch reference
 forward and the engine's own chunked matmuls (bench_cim.matmul_bounds); multi-level inputs (one 8-bit
-drive per row, one ADC read per tile: partial sums from an int8 matmul, read through bucket tables).
-Prints RESULT lines last. With ``--device cuda`` every model runs the pure-torch path (the fused engine is
+drive per row, one ADC read per tile: partial sums from an int8 matmul, read through bucket tables); on the
+CPU also the Gaussian chip through the row-by-row cut kernel (``gaussian_rows``: the kernel before
+nn/fused_columns.py read chips' per-column cuts column by column). Prints RESULT lines last. With
+``--device cuda`` every model runs the pure-torch path (the fused engine is
 CPU-only: "fused" and "reference" are then the same code), timed with a synchronize around each call;
 ``--sync-check`` runs one more forward of each model under ``torch.cuda.set_sync_debug_mode("warn")`` and
 counts the operations that wait for the GPU (the engine loop should issue none).
@@ -28,7 +30,7 @@ import torch
 from bench_cim import _peak_gib, _time, add_device_arg, check_device, matmul_bounds
 from scipy.stats import norm
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model
+from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model, fused
 
 
 def _gaussian_table(psum_max: int, n_codes: int, sigma: float) -> tuple[tuple[float, ...], ...]:
@@ -101,6 +103,8 @@ def main() -> None:
         "reference": _model(replace(base, runtime=replace(base.runtime, fused=False)), ref, True),
         "multilevel": _model(multilevel(base), ref, True),
     }
+    if dev == "cpu":  # the Gaussian chip through the row-by-row cut kernel (before nn/fused_columns.py)
+        models["gaussian_rows"] = _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True)
     ref.to(dev)
     for m in models.values():
         m.to(dev)
@@ -108,8 +112,10 @@ def main() -> None:
           f"{torch.get_num_threads()} device {dev} batch {args.batch} runs {args.runs} chunk_elements "
           f"{base.runtime.chunk_elements}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else ""))
     with torch.no_grad():
-        for m in models.values():
-            m(x)  # warm-up: numba compilation, weight packing
+        for name, m in models.items():
+            fused._COLUMN_CUTS = name != "gaussian_rows"  # (read when a layer builds its tables)
+            m(x)  # warm-up: numba compilation, weight packing, tables
+        fused._COLUMN_CUTS = True
     times: dict[str, list[float]] = {k: [] for k in [*models, "float", "chunked", "bound"]}
     for _ in range(args.runs):
         with torch.no_grad():
@@ -136,6 +142,8 @@ def main() -> None:
     print(f"RESULT cim_noisy_vs_noise_free_gaussian={med['gaussian'] / med['fused']:.2f}")
     print(f"RESULT cim_noisy_vs_noise_free_table={med['table'] / med['fused']:.2f}")
     print(f"RESULT cim_multilevel_vs_float={med['multilevel'] / med['float']:.1f}")
+    if "gaussian_rows" in med:
+        print(f"RESULT column_cuts_speedup_gaussian={med['gaussian_rows'] / med['gaussian']:.2f}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nn import fused_buckets, fused_noise
+from nn import fused_buckets, fused_columns, fused_noise
 from nn._numba_prims import AVAILABLE
 from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds, xnor_periphery
 from nn.config import CIMConfig
@@ -48,8 +48,9 @@ if AVAILABLE:
 logger = logging.getLogger(__name__)
 
 _LUT_MAX_ENTRIES = 2**25  # noise-free lookup tables up to 256 MiB (float64); larger: threshold search
-MODE_LUT, MODE_THRESHOLDS, MODE_CUTS = 0, 1, 2
+MODE_LUT, MODE_THRESHOLDS, MODE_CUTS, MODE_CUT_COLUMNS = 0, 1, 2, 3  # (3: per-column cuts, nn.fused_columns)
 _BLOCK = 16  # rows per block of the kernels (tile by tile within a block)
+_COLUMN_CUTS = True  # read a chip's per-column Gaussian cuts column by column (nn.fused_columns)
 
 if AVAILABLE:
 
@@ -443,7 +444,10 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     lo, mode, lut, thr, code0, walk, qstep, lev, colw, sigma, cdf, seed = rd
     out = np.empty((xw.shape[0], n), np.float64)
     serial = quant.input_mode == "bit_serial"
-    if mode == MODE_CUTS:
+    if mode == MODE_CUT_COLUMNS:
+        fused_columns.kernel_cuts_columns(xw, wp, wm, signed, xnor, ssum, bitw_int, n, lo, thr, lev, colw, sigma, cdf,
+                                          seed, *cut, _BLOCK, out)  # type: ignore[call-arg]
+    elif mode == MODE_CUTS:
         _kernel_cuts(xw, wp, wm, signed, xnor, ssum, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed,
                      *cut, out)  # type: ignore[call-arg]
     else:
@@ -524,7 +528,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     Noise free: a lookup table per (tile, column, partial sum) where it fits, else a count of sorted thresholds
     (a SAR's search is turned into its equivalent sorted thresholds once per call,
     :func:`nn.adc.sar_effective_thresholds`). Noisy: cut tables (:mod:`nn.fused_noise`) for a measured noise
-    table, and for Gaussian noise up to 0.6 of the threshold spacing where the table fits; wider Gaussian noise
+    table, and for Gaussian noise up to 0.6 of the threshold spacing where the table fits (a chip's per-column
+    cuts of bit-serial readings laid out column by column for :mod:`nn.fused_columns`); wider Gaussian noise
     counts thresholds from each partial sum's noise-free code ``code0`` [T, C, n_p] (or bisects where that
     table is too large).
     """
@@ -561,8 +566,10 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
             cut_thr = np.ascontiguousarray(padded[:1, :1] if flat_shift is None else padded)
             s_lo, n_s = fused_noise.gaussian_range(cut_thr, sigma, lo, hi)
             if sigma <= 0.6 * spacing and cut_thr.shape[0] * cut_thr.shape[1] * n_s <= fused_noise.MAX_ENTRIES:
-                cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma)
-                tables = MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo
+                # per-column cuts of bit-serial readings are read column by column, laid out for it
+                by_column = _COLUMN_CUTS and flat_shift is not None and cfg.quant.input_mode == "bit_serial"
+                cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
+                tables = MODE_CUT_COLUMNS if by_column else MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:
                     table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
                 return tables

@@ -86,12 +86,13 @@ if AVAILABLE:
         return _phi((thr[ti, ci, k] - s) / sigma)
 
     @njit(parallel=True, cache=True)
-    def gaussian_cuts(thr, s_lo, n_s, sigma):
+    def gaussian_cuts(thr, s_lo, n_s, sigma, by_column=False):
         """Cut table [T, n_s, C, 2] of Gaussian readings for partial sums s_lo .. s_lo + n_s - 1 (columns
-        innermost: neighbouring columns reading the same partial sum share cache lines)."""
+        innermost: neighbouring columns reading the same partial sum share cache lines); ``by_column``: laid
+        out [T, C, n_s, 2] instead, a column's entries contiguous (:mod:`nn.fused_columns`)."""
         tiles, cols, width = thr.shape
         n_codes = width - 1
-        out = np.empty((tiles, n_s, cols, 2), np.uint64)
+        out = np.empty((tiles, cols, n_s, 2) if by_column else (tiles, n_s, cols, 2), np.uint64)
         for t in prange(tiles):
             p = np.ones(WINDOW + 1)
             for c in range(cols):
@@ -100,7 +101,7 @@ if AVAILABLE:
                     base = min(max(threshold_count(thr, t, c, s) - 2, 0), max(n_codes - WINDOW, 0))
                     for j in range(WINDOW + 1):
                         p[j] = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
-                    _pack(base, p, out[t, r, c])
+                    _pack(base, p, out[t, c, r] if by_column else out[t, r, c])
         return out
 
     @njit(cache=True)

@@ -275,13 +275,43 @@ def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit
     x[:, 7:] = 0
     layer.set_noise_seed(11)
     a, b = _both(layer, x)
-    assert (layer._table_cache["fused_tables"][0] == fused.MODE_CUTS) == (sigma == 0.5)
+    assert (layer._table_cache["fused_tables"][0] in (fused.MODE_CUTS, fused.MODE_CUT_COLUMNS)) == (sigma == 0.5)
     values = sorted(set(a.flatten().tolist()) | set(b.flatten().tolist()))
     ca = np.array([(a == v).sum().item() for v in values])
     cb = np.array([(b == v).sum().item() for v in values])
     keep = (ca + cb) >= 10
     _, p, _, _ = stats.chi2_contingency(np.stack([ca[keep], cb[keep]]))
     assert keep.sum() >= 3 and p > 1e-3
+
+
+@pytest.mark.parametrize("case", [c for c in itertools.product([1, 2, 4], [1, 2], [1, 3, 8], [False, True],
+                                                                [False, True], ["flash", "sar"], [False, True])
+                                  if not (c[4] and c[2] < 2) and not (c[6] and not c[3])][::5])
+def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, monkeypatch):
+    """nn/fused_columns.py (a chip's per-column Gaussian cuts, read column by column) gives the output of
+    the row-by-row cut kernel bit for bit: the same readings, random bits, slow-path draws and order of the
+    float additions; over weight / cell / input bits, signed columns and inputs, Flash and SAR, XNOR rows, and
+    more rows than one block and columns not a multiple of the four that share a random word."""
+    wb, cb, ib, signed, signed_in, kind, xnor = case
+    adc = ADCConfig(bits=4, kind=kind, noise_sigma=0.4, psum_max=15.0)
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=24, cell_bits=cb, signed_psum=signed, xnor=xnor, n_macros=2,
+                                               adcs_per_macro=3),
+                    quant=QuantConfig(weight_bits=wb, input_bits=ib, input_signed=signed_in))
+    torch.manual_seed(hash(case) % 1000)
+    layer = CIMLinear(60, 7, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(1).normal(0, 0.6, (2, 3, cfg.adc.n_thresholds)))
+    x = torch.randn(37, 60, dtype=torch.float64) * 2
+    x[:5, :30] = 0  # all-zero planes
+    x_int, _, w_int, _ = layer.quantize(x)
+    outs = []
+    for columns in (True, False):
+        monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
+        layer._table_cache.clear()
+        layer.set_noise_seed(5)
+        outs.append(layer.chip_matmul(x_int, w_int))
+        assert layer._table_cache["fused_tables"][0] == (fused.MODE_CUT_COLUMNS if columns else fused.MODE_CUTS)
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], layer.chip_matmul(x_int, w_int))  # (the draws are live: a new seed differs)
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
