@@ -81,7 +81,10 @@ def write_figures(results: pd.DataFrame, cfg: Any, out: Path, meta: dict[str, An
         t = tabs["fig3"][tabs["fig3"].series.str.endswith(" adv") == adv]
         _bars(ax, t, "bb_pgd_acc", bits, "black-box PGD accuracy")
         ax.set_title(f"({'b' if adv else 'a'}) {'adversarial' if adv else 'clean'} training, noise-aware")
-    save_figure(fig, out / "fig3.png")
+    if tabs["fig3"].empty:  # no cells without PSQ: like the other figures, not drawn
+        plt.close(fig)
+    else:
+        save_figure(fig, out / "fig3.png")
     for name, metric, ylabel, title in (
             ("fig4", "bb_pgd_acc", "black-box PGD accuracy", "ideal vs noisy 3.5-bit PSQ, adversarial training"),
             ("fig5", "bb_pgd_acc", "black-box PGD accuracy", "input splitting x noise, clean training"),
@@ -98,7 +101,11 @@ def write_figures(results: pd.DataFrame, cfg: Any, out: Path, meta: dict[str, An
 def table2_markdown(tab: pd.DataFrame, cfg: Any) -> str:
     """Seed 000 Table II: clean and black-box PGD accuracy per noise level, without and with PGD adversarial
     training, beside the white-box (EOT) accuracy that shows how much of any gain is gradient obfuscation, and the
-    accuracy under the worse of the two per image."""
+    accuracy under the worse of the two per image. A grid without cells of uncompressed partial sums at its
+    lowest precision (Table II's cells) gets one line saying so, not a table of dashes."""
+    if tab.empty:
+        return (f"Table II: this grid has no {min(cfg.bits)}-bit {cfg.model} cells without partial-sum quantization "
+                "(add `--psq none`); its cells are in results.parquet and the figures.\n")
     lines = [f"Table II ({min(cfg.bits)}-bit {cfg.model}; mean over {cfg.runs} PGD runs; noise sigma in partial-sum "
              "units)", "",
              "| noise | clean | black-box PGD | white-box PGD (EOT) | worst of both | clean, adv. trained | black-box "

@@ -133,6 +133,10 @@ def test_figure_tables_average_over_runs():
     assert (f6["mean"] == 10.5).all()
     md = table2_markdown(tabs["table2"], cfg)
     assert "| 1 | 80.0 | 30.0 | 1.0 | 0.5 |" in md
+    only_psq = figure_tables(pd.DataFrame([r for r in rows if r["psq"] != "none"]), cfg)
+    assert only_psq["table2"].empty and not only_psq["fig5"].empty
+    md = table2_markdown(only_psq["table2"], cfg)  # one line saying what is missing, not a table of dashes
+    assert len(md.splitlines()) == 1 and "--psq none" in md and "|" not in md
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
