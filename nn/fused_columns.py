@@ -37,10 +37,6 @@ if AVAILABLE:
     from nn import fused_noise
     from nn._numba_prims import _bits, _popcount
 
-    _H, _ONES, _LOW3 = fused_noise._H, fused_noise._ONES, fused_noise._LOW3
-    _LANE0, _LANE2 = fused_noise._LANE0, fused_noise._LANE2
-    _LANES123, _LANES01 = fused_noise._LANES123, fused_noise._LANES01
-
     @njit(cache=True, inline="always")
     def _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s):
         """s[i] = the partial sum of column c of tile t for reading i, from ``xb`` [words, readings]."""
@@ -64,8 +60,8 @@ if AVAILABLE:
     def _column_codes(s, words, lane, cuts, ti, cc, s_lo, e, code, slow):
         """Codes of readings i with partial sums ``s`` [R] through the cut entries ``cuts`` [T, C, n_s, 2] of
         column ``cc`` of tile ``ti``; reading i's 15 random bits are lane ``lane`` of ``words[i]``; ``e`` [2, R]
-        is scratch. Returns whether any reading needs the slow path (flagged in ``slow``). The SWAR compare of
-        :func:`nn.fused_noise.entry_codes`, after a separate gather loop so that the compare vectorizes."""
+        is scratch. Returns whether any reading needs the slow path (flagged in ``slow``). The gather runs as its
+        own loop so that the compare (:func:`nn.fused_noise.swar_code`) vectorizes."""
         n_s = cuts.shape[2]
         for i in range(s.shape[0]):
             r = min(max(s[i] - s_lo, 0), n_s - 1)
@@ -74,12 +70,8 @@ if AVAILABLE:
         any_slow = np.uint64(0)
         sh = np.uint64(16 * lane + 1)
         for i in range(s.shape[0]):
-            u = ((words[i] >> sh) & np.uint64(0x7FFF)) * _ONES
-            w0, w1 = e[0, i], e[1, i] & _LOW3
-            g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
-            tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
-            code[i] = np.int64((e[1, i] >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
-            bad = ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
+            k, bad = fused_noise.swar_code((words[i] >> sh) & np.uint64(0x7FFF), e[0, i], e[1, i])
+            code[i] = k
             slow[i] = bad != 0
             any_slow |= bad
         return any_slow != 0

@@ -165,18 +165,26 @@ if AVAILABLE:
         return words.view(np.uint16)
 
     @njit(cache=True, inline="always")
+    def swar_code(u15, w0, e1):
+        """(code, bad) of a reading whose 15 random bits are ``u15`` through the entry (``w0``, ``e1``): the
+        top bits of u15 - cut in four lanes at once count the cuts passed; ``bad`` is nonzero when u15 equals
+        a cut or falls outside the window (the slow path decides)."""
+        u = u15 * _ONES
+        w1 = e1 & _LOW3
+        g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
+        tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
+        code = np.int64((e1 >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
+        return code, ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
+
+    @njit(cache=True, inline="always")
     def entry_codes(s, ti, e, lo, seed, key0, kstep, thr, sigma, cdf, code, slow):
         """Codes ``code`` [C] of readings of partial sums ``s`` [C] through their gathered entries ``e`` [3, C]
         (tile ``ti`` of the thresholds); reading c is keyed ``key0 + c * kstep``. ``slow`` [C] is scratch."""
         lanes = reading_bits(seed, key0, kstep, e)
         any_slow = np.uint64(0)
         for c in range(s.shape[0]):
-            u = np.uint64(lanes[c] >> np.uint16(1)) * _ONES
-            w0, w1 = e[0, c], e[1, c] & _LOW3
-            g0, g1 = ((u | _H) - w0) & _H, ((u | _H) - w1) & _H  # lane set: u >= cut
-            tie = (g0 & ((w0 | _H) - u)) | (g1 & ((w1 | _H) - u) & _LOW3)  # set both ways: u == cut
-            code[c] = np.int64((e[1, c] >> np.uint64(48)) + _popcount(g0 & _LANES123) + _popcount(g1 & _LANES01))
-            bad = ((g0 & _LANE0) ^ _LANE0) | (g1 & _LANE2) | tie
+            k, bad = swar_code(np.uint64(lanes[c] >> np.uint16(1)), e[0, c], e[1, c])
+            code[c] = k
             slow[c] = bad != 0
             any_slow |= bad
         if any_slow != 0:
