@@ -55,7 +55,7 @@ def add_device_arg(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
 def check_device(ap: argparse.ArgumentParser, device: str) -> None:
     """One line and exit 2 when ``--device cuda`` has no CUDA device to run on."""
     if device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: this torch build sees no CUDA device; use --device cpu")
+        ap.exit(2, f"{ap.prog}: --device cuda: this torch build sees no CUDA device; use --device cpu\n")
 
 
 def _peak_gib(device: str) -> float:

@@ -57,16 +57,16 @@ if AVAILABLE:
                 s[i] = 2 * s[i] - ssum[t, c]
 
     @njit(cache=True, inline="always")
-    def _column_codes(s, words, lane, cuts, ti, cc, s_lo, e, code, slow):
+    def _column_codes(s, words, lane, cuts, t, c, s_lo, e, code, slow):
         """Codes of readings i with partial sums ``s`` [R] through the cut entries ``cuts`` [T, C, n_s, 2] of
-        column ``cc`` of tile ``ti``; reading i's 15 random bits are lane ``lane`` of ``words[i]``; ``e`` [2, R]
+        column ``c`` of tile ``t``; reading i's 15 random bits are lane ``lane`` of ``words[i]``; ``e`` [2, R]
         is scratch. Returns whether any reading needs the slow path (flagged in ``slow``). The gather runs as its
         own loop so that the compare (:func:`nn.fused_noise.swar_code`) vectorizes."""
         n_s = cuts.shape[2]
         for i in range(s.shape[0]):
             r = min(max(s[i] - s_lo, 0), n_s - 1)
-            e[0, i] = cuts[ti, cc, r, 0]
-            e[1, i] = cuts[ti, cc, r, 1]
+            e[0, i] = cuts[t, c, r, 0]
+            e[1, i] = cuts[t, c, r, 1]
         any_slow = np.uint64(0)
         sh = np.uint64(16 * lane + 1)
         for i in range(s.shape[0]):
@@ -80,7 +80,8 @@ if AVAILABLE:
     def kernel_cuts_columns(xw, wp, wm, minus, xnor, ssum, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
                             cuts, s_lo, block, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
-        blocks of ``block`` rows."""
+        blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
+        (every tile and column its own)."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
         kstep = np.uint64(planes)
@@ -95,8 +96,6 @@ if AVAILABLE:
             code, slow = np.empty(n_r, np.int64), np.empty(n_r, np.bool_)
             e = np.empty((2, n_r), np.uint64)
             for t in range(tiles):
-                ti = t if cuts.shape[0] > 1 else 0
-                tt = t if thr.shape[0] > 1 else 0
                 for mi in range(nb):
                     for p in range(planes):
                         for k in range(n_words):
@@ -108,15 +107,13 @@ if AVAILABLE:
                             words[mi * planes + p] = _bits(seed, key0 + np.uint64(p), 0)
                     for c in range(g, min(g + GROUP, cols)):
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
-                        cc = c if cuts.shape[1] > 1 else 0
-                        if _column_codes(s, words, c - g, cuts, ti, cc, s_lo, e, code, slow):
-                            ct = c if thr.shape[1] > 1 else 0
+                        if _column_codes(s, words, c - g, cuts, t, c, s_lo, e, code, slow):
                             for i in range(n_r):
                                 if slow[i]:
                                     mi, p = i // planes, i % planes
                                     key = np.uint64(((m0 + mi) * tiles + t) * cols * planes + p) + np.uint64(c) * kstep
                                     u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1)) & np.uint64(0x7FFF))
-                                    code[i] = fused_noise._slow_code(u15, s[i], tt, ct, s[i] - lo,
+                                    code[i] = fused_noise._slow_code(u15, s[i], t, c, s[i] - lo,
                                                                      np.int64(e[1, i] >> np.uint64(48)),
                                                                      seed, key, thr, sigma, cdf)
                         w = colw[c]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.artifacts import write_table
+from pipeline.artifacts import atomic_write, write_table
 from pipeline.plots import plt, save_figure
 
 SUMMARY = pa.schema([
@@ -95,7 +95,8 @@ def write_figures(results: pd.DataFrame, cfg: Any, out: Path, meta: dict[str, An
         _bars(ax, tabs[name], metric, bits, ylabel)
         ax.set_title(title, fontsize=10)
         save_figure(fig, out / f"{name}.png")
-    (out / "table2.md").write_text(table2_markdown(tabs["table2"], cfg))
+    text = table2_markdown(tabs["table2"], cfg)
+    atomic_write(out / "table2.md", lambda tmp: Path(tmp).write_text(text))
 
 
 def table2_markdown(tab: pd.DataFrame, cfg: Any) -> str:
