@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
-     [--ste-smooth T [T ...]] [--noise-off]
+     [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P]]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -18,9 +18,11 @@ digital, examples applied to the model on its path, BPDA with the identity for t
 per-image worst case over every attack run here ("ensemble"; with ``--substitute``
 it includes the noise study's black-box substitute attack, trained on 2,000 training images for 3 epochs).
 ``--eot K`` averages every white-box gradient over K noise draws (for models with per-inference noise);
-every accuracy reads the same noise draws. ``--ste-window W`` and ``--ste-smooth T ...`` add white-box PGD
-through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through estimator,
-and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
+every accuracy reads the same noise draws. ``--square Q`` adds the gradient-free Square Attack (L-inf, Q queries
+per image, window fraction ``--square-p``; under ``--eot K`` each query reads the mean logits of K draws): what
+no gradient attack finds but it does was gradient masking. ``--ste-window W`` and ``--ste-smooth T ...`` add
+white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through
+estimator, and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from nn.attacks import EOT, PGD, Attack, Substitute
+from nn.attacks import EOT, PGD, Attack, Square, Substitute
 from nn.convert import cim_layers, set_digital
 from nn.training import accuracy, predict, recalibrate_batchnorm
 from pipeline.artifacts import ArtifactError
@@ -62,7 +64,13 @@ def main() -> None:
     ap.add_argument("--noise-off", action="store_true",
                     help="read the model without the read noise it was trained with (the weights-vs-noise "
                          "control: is its robustness in the weights or in the test-time noise?)")
+    ap.add_argument("--square", type=int, default=0, metavar="Q",
+                    help="add the gradient-free Square Attack with Q queries per image (0: off)")
+    ap.add_argument("--square-p", type=float, default=0.05, metavar="P",
+                    help="Square Attack's initial window fraction p_init (the reference: 0.05, 0.8 for robust MNIST)")
     args = ap.parse_args()
+    if args.square < 0 or not 0 < args.square_p <= 1:
+        ap.error("need --square >= 0 and 0 < --square-p <= 1")
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
         ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
     if args.ste_window < 0 or any(not t > 0 for t in args.ste_smooth):
@@ -127,6 +135,10 @@ def main() -> None:
         finally:
             for layer, c in kept:
                 layer.cim_config = c
+    if args.square:
+        square = Square(eps, args.square, p_init=args.square_p, seed=9)
+        adv = wb(square)(model, x, y)
+        scored(f"Square Attack (gradient-free, {args.square} queries, p_init {args.square_p:g})", adv)
     set_digital(model, True)
     try:
         twin_ce = PGD(eps, alpha, 10, seed=3)(model, x, y)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nn.attacks import CWL0, CWL2, EOT, FGSM, PGD, AttackError, CWLinf, norms
+from nn.attacks import CWL0, CWL2, EOT, FGSM, PGD, AttackError, CWLinf, Square, norms
+from nn.attacks.square import p_selection
 from nn.data import fashion_mnist
 
 
@@ -237,3 +238,61 @@ def test_cw_l0_reports_progress(float_model, caplog, monkeypatch):
         CWL0(max_iterations=10, initial_const=1e-1, largest_const=1e1)(model, x[:3], y[:3])
     lines = [r.getMessage() for r in caplog.records if r.name == "nn.attacks.cw_l0"]
     assert lines and lines[0].startswith("C&W L0: step 7, ") and "of 3 images still searching" in lines[0]
+
+
+def test_square_stays_in_the_ball_stops_when_fooled_and_repeats_per_seed(float_model):
+    model, x, y = float_model
+    attack = Square(eps=0.1, queries=300, seed=3)
+    adv = attack(model, x, y)
+    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+    assert (norms(adv, x)["linf"] <= 0.1 + 1e-6).all()
+    fooled = _pred(model, adv) != y
+    assert fooled.float().mean() >= 0.15
+    used = attack.queries_used
+    assert used.shape == (len(x),) and used.min() >= 1 and used.max() <= 300
+    assert (used[fooled] < 300).all() and (used[~fooled] == 300).all()  # an image stops exactly when fooled
+    assert torch.equal(Square(eps=0.1, queries=300, seed=3)(model, x, y), adv)
+    assert not torch.equal(Square(eps=0.1, queries=300, seed=4)(model, x, y), adv)
+
+
+def test_square_breaks_a_model_whose_gradients_are_masked(float_model):
+    """Rounding the input to 17 levels gives every input gradient 0: PGD is left with its random start, the
+    gradient-free Square Attack does about as well as on the unmasked model."""
+    model, x, y = float_model
+
+    class Round(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return torch.round(z * 16) / 16
+
+    masked = torch.nn.Sequential(Round(), model).eval()
+    ok = _pred(masked, x) == y
+    x, y = x[ok], y[ok]
+    pgd = (_pred(masked, PGD(0.1, 0.025, 20, seed=0)(masked, x, y)) != y).float().mean()
+    square = (_pred(masked, Square(0.1, 300, seed=0)(masked, x, y)) != y).float().mean()
+    plain = (_pred(model, Square(0.1, 300, seed=0)(model, x, y)) != y).float().mean()
+    assert pgd <= 0.1 and square >= pgd + 0.15 and square >= plain - 0.1
+
+
+def test_square_under_eot_reads_mean_logits_and_rejects_bad_input(float_model):
+    model, x, y = float_model
+    x, y = x[:8], y[:8]
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            calls.append(len(z))
+            return model(z)
+
+    counted = Counting()
+    alone = Square(0.1, 50, seed=1)(counted, x, y)
+    n_alone = len(calls)
+    calls.clear()
+    # a deterministic model: the mean of 3 reads is the read itself, so the search is the same at 3x the calls
+    assert torch.equal(EOT(Square(0.1, 50, seed=1), samples=3)(counted, x, y), alone)
+    assert len(calls) == 3 * n_alone
+    assert p_selection(0.05, 0, 1000) == 0.05 and p_selection(0.05, 999, 1000) == 0.05 / 512
+    for bad in (dict(eps=0), dict(eps=1.5), dict(queries=0), dict(p_init=0), dict(p_init=2)):
+        with pytest.raises(AttackError):
+            Square(**bad)
+    with pytest.raises(AttackError, match=r"\[B, C, H, W\]"):
+        Square()(torch.nn.Linear(784, 10), x.flatten(1), y)

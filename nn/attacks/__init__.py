@@ -14,7 +14,8 @@ from nn.attacks.cw_linf import CWLinf
 from nn.attacks.eot import EOT
 from nn.attacks.fgsm import FGSM
 from nn.attacks.pgd import PGD
+from nn.attacks.square import Square
 from nn.attacks.substitute import Substitute
 
 __all__ = ["BFA", "CWL0", "CWL2", "EOT", "FGSM", "PGD", "Attack", "AttackError", "CWLinf",
-           "StoredBits", "Substitute", "norms", "random_flips"]
+           "Square", "StoredBits", "Substitute", "norms", "random_flips"]
