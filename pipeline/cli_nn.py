@@ -300,6 +300,10 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--attack-images", type=int_arg, default=d.attack_images)
     s.add_argument("--attacker-images", type=int_arg, default=d.attacker_images)
     s.add_argument("--eot", type=int_arg, default=d.eot, help="noise draws per white-box gradient")
+    s.add_argument("--square", type=int, default=d.square_queries, metavar="Q",
+                   help="also attack every cell with the gradient-free Square Attack, Q queries per image (0: off)")
+    s.add_argument("--square-p", type=float, default=d.square_p, metavar="P",
+                   help=f"the Square Attack's initial window fraction ({d.square_p})")
     s.add_argument("--bfa-max-flips", type=int_arg, default=d.bfa_max_flips)
     s.add_argument("--bfa-attack-batch", type=int_arg, default=d.bfa_attack_batch,
                    help=f"training images of each BFA run's gradient ({d.bfa_attack_batch})")
@@ -332,7 +336,8 @@ def run_study_noise(args: argparse.Namespace) -> None:
                            adv_train=tuple(dict.fromkeys(a == "yes" for a in args.adv_train)), runs=args.runs,
                            subset=args.subset, test_subset=args.test_subset, epochs=args.epochs, batch=args.batch,
                            adv_steps=args.adv_steps, attack_images=args.attack_images,
-                           attacker_images=args.attacker_images, eot=args.eot, bfa_max_flips=args.bfa_max_flips,
+                           attacker_images=args.attacker_images, eot=args.eot, square_queries=args.square,
+                           square_p=args.square_p, bfa_max_flips=args.bfa_max_flips,
                            bfa_attack_batch=args.bfa_attack_batch, bfa_eval_images=args.bfa_eval_images,
                            substitute_epochs=args.substitute_epochs, eps=args.eps, seed=args.seed,
                            warm_start=args.warm_start, first_layer_digital=args.first_layer_digital,

@@ -18,7 +18,7 @@ SUMMARY = pa.schema([
     pa.field("metric", pa.string()), pa.field("mean", pa.float64()), pa.field("std", pa.float64()),
     pa.field("n", pa.int64()),
 ])
-ACCURACIES = ("clean_acc", "bb_pgd_acc", "wb_pgd_acc", "worst_acc")
+ACCURACIES = ("clean_acc", "bb_pgd_acc", "wb_pgd_acc", "worst_acc", "square_acc")
 METRICS = (*ACCURACIES, "bfa_flips")
 
 
@@ -36,6 +36,8 @@ def _agg(results: pd.DataFrame, figure: str, series: str, sel: pd.Series, metric
 def figure_tables(results: pd.DataFrame, cfg: Any) -> dict[str, pd.DataFrame]:
     """{figure: long table of mean/std per series, precision and metric}."""
     r, ref, zero = results, cfg.reference, f"{0.0:g}"
+    if "square_acc" not in r:  # results of cells attacked before the Square Attack existed
+        r = r.assign(square_acc=np.nan)
     out: dict[str, list[dict]] = {"table2": [], "fig3": [], "fig4": [], "fig5": [], "fig6": []}
     for n in cfg.levels:
         for adv in (False, True):
@@ -102,22 +104,23 @@ def write_figures(results: pd.DataFrame, cfg: Any, out: Path, meta: dict[str, An
 def table2_markdown(tab: pd.DataFrame, cfg: Any) -> str:
     """Seed 000 Table II: clean and black-box PGD accuracy per noise level, without and with PGD adversarial
     training, beside the white-box (EOT) accuracy that shows how much of any gain is gradient obfuscation, and the
-    accuracy under the worse of the two per image. A grid without cells of uncompressed partial sums at its
-    lowest precision (Table II's cells) gets one line saying so, not a table of dashes."""
+    accuracy under the worse of the two per image (and, where the study ran it, under the gradient-free Square
+    Attack). A grid without cells of uncompressed partial sums at its lowest precision (Table II's cells) gets one
+    line saying so, not a table of dashes."""
     if tab.empty:
         return (f"Table II: this grid has no {min(cfg.bits)}-bit {cfg.model} cells without partial-sum quantization "
                 "(add `--psq none`); its cells are in results.parquet and the figures.\n")
+    metrics = ACCURACIES if cfg.square_queries else ACCURACIES[:-1]
+    names = ["clean", "black-box PGD", "white-box PGD (EOT)", "worst of both", "Square Attack"][:len(metrics)]
+    head = names + [f"{n}, adv. trained" for n in names]
     lines = [f"Table II ({min(cfg.bits)}-bit {cfg.model}; mean over {cfg.runs} PGD runs; noise sigma in partial-sum "
-             "units)", "",
-             "| noise | clean | black-box PGD | white-box PGD (EOT) | worst of both | clean, adv. trained | black-box "
-             "PGD, adv. trained | white-box PGD, adv. trained | worst of both, adv. trained |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "units)", "", "| noise | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
 
     def cell(n: str, adv: bool, metric: str) -> str:
         sel = tab[(tab.noise == n) & (tab.adv_train == adv) & (tab.metric == metric)]
         return "-" if sel.empty or np.isnan(sel["mean"].iloc[0]) else f"{100 * sel['mean'].iloc[0]:.1f}"
 
     for n in cfg.levels:
-        vals = [cell(n, adv, m) for adv in (False, True) for m in ACCURACIES]
+        vals = [cell(n, adv, m) for adv in (False, True) for m in metrics]
         lines.append(f"| {n} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

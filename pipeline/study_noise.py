@@ -45,7 +45,7 @@ import pyarrow as pa
 import torch
 
 from nn import create_model, list_models
-from nn.attacks import EOT, PGD, Substitute
+from nn.attacks import EOT, PGD, Square, Substitute
 from nn.convert import cim_layers
 from nn.training import predict
 from pipeline.artifacts import ArtifactError, read_json, versions, write_json, write_table
@@ -65,7 +65,7 @@ RESULTS = pa.schema([
     pa.field("clean_acc", pa.float64()), pa.field("bb_pgd_acc", pa.float64()), pa.field("wb_pgd_acc", pa.float64()),
     pa.field("worst_acc", pa.float64()), pa.field("bfa_flips", pa.float64()),
     pa.field("substitute_agreement", pa.float64()),
-    pa.field("tag", pa.string()),
+    pa.field("tag", pa.string()), pa.field("square_acc", pa.float64()),
 ])
 
 
@@ -113,6 +113,11 @@ class StudyNoiseConfig:
     eps: float = 0.03
     """L-inf budget of every PGD (black-box, white-box, adversarial training; the seed's 0.03 on CIFAR-10). The
     step is 2/255 scaled by eps / 0.03, so 10 steps travel the same multiple of the budget as the seed's."""
+    square_queries: int = 0
+    """Queries per image of the gradient-free Square Attack run beside the PGDs (``square_acc``; under EOT on
+    noisy cells, like the white-box PGD); 0: not run. Nothing masks gradients from it."""
+    square_p: float = 0.3
+    """The Square Attack's initial window fraction (the reference's 0.05; 0.3 measured stronger on our cells)."""
     bfa_max_flips: int = 100
     bfa_attack_batch: int = 128
     bfa_eval_images: int = 1000
@@ -157,6 +162,10 @@ class StudyNoiseConfig:
             raise ConfigError(f"eps={self.eps!r} must be in (0, 1] (L-inf on [0, 1] images)")
         if not self.adv_train:
             raise ConfigError("adv_train is empty; give false, true or both")
+        if isinstance(self.square_queries, bool) or not isinstance(self.square_queries, int) or self.square_queries < 0:
+            raise ConfigError(f"square_queries={self.square_queries!r} must be an integer >= 0 (0: no Square Attack)")
+        if not (isinstance(self.square_p, float | int) and 0 < self.square_p <= 1):
+            raise ConfigError(f"square_p={self.square_p!r} must be in (0, 1] (a fraction of the image)")
         for name in ("runs", "epochs", "batch", "adv_steps", "attack_images", "attacker_images", "substitute_epochs",
                      "eot", "bfa_max_flips", "bfa_attack_batch", "bfa_eval_images"):
             v = getattr(self, name)
@@ -286,8 +295,10 @@ def cell_key(cfg: StudyNoiseConfig, cell: Cell) -> str:
     table = hashlib.sha256(Path(cfg.noise_table).read_bytes()).hexdigest() if cell.noise == "table" else ""
     t = train_cfg(cfg, cell)
     init = {"init": train_cfg(cfg, base_cell(cell)).to_dict()} if t.init_from else {}  # the source's training too
+    square = {"square": [cfg.square_queries, cfg.square_p]} if cfg.square_queries else {}  # off: keys as before
     return config_hash({"cell": asdict(cell), "train": t.to_dict(), "noise_table": table,
-                        "attack": {k: getattr(cfg, k) for k in ATTACK_FIELDS}, "scoring": SCORING, **init})
+                        "attack": {k: getattr(cfg, k) for k in ATTACK_FIELDS}, "scoring": SCORING, **init,
+                        **square})
 
 
 def _seeds(cfg: StudyNoiseConfig, cell: Cell, n: int) -> list[int]:
@@ -319,7 +330,7 @@ def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads:
     if n_attacker >= len(data.x_train):
         raise ConfigError(f"attacker_images={n_attacker} must be below the {len(data.x_train)} training images")
     x, y = data.x_test, data.y_test
-    seeds = _seeds(cfg, cell, 2 + 2 * cfg.runs)
+    seeds = _seeds(cfg, cell, 2 + 3 * cfg.runs)  # (a prefix of a longer list is the shorter list)
 
     def noise_seed(s: int) -> None:
         for layer in cim_layers(model):
@@ -344,10 +355,14 @@ def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads:
         bb = survives(sub(model, x, y))
         wb_attack = PGD(cfg.eps, cfg.alpha, seed=seeds[2 + cfg.runs + r])
         wb = survives(EOT(wb_attack, samples=cfg.eot)(model, x, y) if noisy else wb_attack(model, x, y))
+        square = math.nan
+        if cfg.square_queries:
+            sq = Square(cfg.eps, cfg.square_queries, cfg.square_p, seed=seeds[2 + 2 * cfg.runs + r])
+            square = _mean(survives(EOT(sq, samples=cfg.eot)(model, x, y) if noisy else sq(model, x, y)))
         rows.append({"model": cfg.model, "bits": cell.bits, "noise": cell.noise, "psq": cell.psq,
                      "adv_train": cell.adv, "run": r, "clean_acc": clean, "bb_pgd_acc": _mean(bb),
                      "wb_pgd_acc": _mean(wb), "worst_acc": _mean(bb & wb), "bfa_flips": math.nan,
-                     "substitute_agreement": sub.agreement, "tag": cell.tag})
+                     "substitute_agreement": sub.agreement, "tag": cell.tag, "square_acc": square})
     if cell.bfa:
         res = bfa(Path(run_dir), BFAConfig(tag=cell.tag, runs=cfg.runs, attack_batch=cfg.bfa_attack_batch,
                                            max_flips=cfg.bfa_max_flips, eval_images=cfg.bfa_eval_images,
@@ -356,8 +371,9 @@ def run_cell(run_dir: str, cfg: StudyNoiseConfig, cell: Cell, key: str, threads:
         for row, f in zip(rows, flips, strict=False):
             row["bfa_flips"] = float(f)
     write_json(_cell_path(Path(run_dir), cell), {"key": key, "rows": rows})
-    logger.info("study-noise %s: clean %.3f, black-box PGD %.3f, white-box PGD %.3f, worst of both %.3f%s",
+    logger.info("study-noise %s: clean %.3f, black-box PGD %.3f, white-box PGD %.3f, worst of both %.3f%s%s",
                 cell.tag, clean, *(np.mean([r[k] for r in rows]) for k in ("bb_pgd_acc", "wb_pgd_acc", "worst_acc")),
+                f", Square {np.mean([r['square_acc'] for r in rows]):.3f}" if cfg.square_queries else "",
                 f", BFA {np.mean([r['bfa_flips'] for r in rows]):.1f} flips" if cell.bfa else "")
     return rows
 
@@ -421,7 +437,8 @@ def study_noise(run_dir: Path, cfg: StudyNoiseConfig, executor: Executor, worker
         done[pending[future]] = future.result()
         if progress:
             progress(len(done), len(grid))
-    results = pd.DataFrame([row for cell in grid for row in done[cell]])
+    # cells attacked before square_acc existed lack it: NaN, as for a cell attacked without the Square Attack
+    results = pd.DataFrame([row for cell in grid for row in done[cell]]).reindex(columns=RESULTS.names)
     out = Path(run_dir) / "study_noise"
     meta = {"stage": "study_noise", "config": asdict(cfg), "config_hash": key, "seed": cfg.seed,
             "versions": versions()}

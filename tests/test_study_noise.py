@@ -266,3 +266,26 @@ def test_psq_cells_drive_xnor_rows_and_the_unipolar_control_is_one_flag():
             assert cell_key(control, c) != cell_key(base, c)
     with pytest.raises(ConfigError, match="psq_encoding"):
         replace(base, psq_encoding="ternary")
+
+
+def test_square_attack_runs_beside_the_pgds_and_leaves_keys_alone_when_off(tmp_path):
+    import pipeline.study_noise as sn
+    from pipeline.executor import InlineExecutor
+
+    off = StudyNoiseConfig(model="test_resnet", bits=(4,), noise=(0.0, 2.0), psq=("none",), adv_train=(False,),
+                           runs=1, subset=150, test_subset=100, epochs=1, batch=50, attack_images=24,
+                           attacker_images=100, substitute_epochs=1, eot=2, eps=0.1)
+    on = replace(off, square_queries=40)
+    for c in cells(off):  # off, its window setting is no part of a cell's key (runs before the option keep theirs)
+        assert cell_key(replace(off, square_p=0.9), c) == cell_key(off, c) != cell_key(on, c)
+    res = sn.study_noise(tmp_path, on, InlineExecutor())
+    assert len(res) == 2 and res.square_acc.notna().all()
+    assert (res.square_acc <= res.clean_acc).all()  # scored like the PGDs: right clean and right attacked
+    assert (res.square_acc < res.clean_acc).any()  # eps 0.1 on a one-epoch model: it finds examples
+    md = (tmp_path / "study_noise" / "table2.md").read_text()
+    assert "| Square Attack |" in md and md.count("|---") == 11
+    assert "Square" not in table2_markdown(figure_tables(res, off)["table2"], off)
+    with pytest.raises(ConfigError, match="square_queries=-1"):
+        replace(off, square_queries=-1)
+    with pytest.raises(ConfigError, match="square_p=0"):
+        replace(off, square_p=0)
