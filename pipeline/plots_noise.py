@@ -83,16 +83,18 @@ def write_figures(results: pd.DataFrame, cfg: Any, out: Path, meta: dict[str, An
         t = tabs["fig3"][tabs["fig3"].series.str.endswith(" adv") == adv]
         _bars(ax, t, "bb_pgd_acc", bits, "black-box PGD accuracy")
         ax.set_title(f"({'b' if adv else 'a'}) {'adversarial' if adv else 'clean'} training, noise-aware")
-    if tabs["fig3"].empty:  # no cells without PSQ: like the other figures, not drawn
+    if tabs["fig3"].empty:  # no cells without PSQ: like the other figures, not drawn (nor left from a rerun)
         plt.close(fig)
+        (out / "fig3.png").unlink(missing_ok=True)
     else:
         save_figure(fig, out / "fig3.png")
     for name, metric, ylabel, title in (
             ("fig4", "bb_pgd_acc", "black-box PGD accuracy", "ideal vs noisy 3.5-bit PSQ, adversarial training"),
             ("fig5", "bb_pgd_acc", "black-box PGD accuracy", "input splitting x noise, clean training"),
             ("fig6", "bfa_flips", "bit flips to random guess", "BFA: baseline, IMC noise, binary input split")):
-        if tabs[name].empty:
-            continue  # this grid has no cells for that figure; the report says so
+        if tabs[name].empty:  # this grid has no cells for that figure; the report says so
+            (out / f"{name}.png").unlink(missing_ok=True)  # an earlier grid's figure would show other cells
+            continue
         fig, ax = plt.subplots(figsize=(7, 3.8))
         _bars(ax, tabs[name], metric, bits, ylabel)
         ax.set_title(title, fontsize=10)

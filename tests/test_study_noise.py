@@ -289,3 +289,23 @@ def test_square_attack_runs_beside_the_pgds_and_leaves_keys_alone_when_off(tmp_p
         replace(off, square_queries=-1)
     with pytest.raises(ConfigError, match="square_p=0"):
         replace(off, square_p=0)
+
+
+def test_a_figure_the_grid_has_no_cells_for_is_not_drawn_nor_left_from_an_earlier_grid(tmp_path):
+    from pipeline.plots_noise import write_figures
+
+    def rows(cfg):
+        return pd.DataFrame([{"model": "m", "bits": c.bits, "noise": c.noise, "psq": c.psq, "adv_train": c.adv,
+                              "run": 0, "clean_acc": 0.8, "bb_pgd_acc": 0.3, "wb_pgd_acc": 0.2, "worst_acc": 0.1,
+                              "bfa_flips": 12.0 if c.bfa else np.nan, "substitute_agreement": 0.9, "tag": c.tag}
+                             for c in cells(cfg)])
+
+    full = StudyNoiseConfig(bits=(1,), noise=(0.0, 1.0), psq=("none", "1bit", "3.5bit"), runs=1)
+    write_figures(rows(full), full, tmp_path, {})
+    assert all((tmp_path / f"fig{i}.png").is_file() for i in (3, 4, 5, 6))
+    clean = replace(full, adv_train=(False,))  # no adversarially trained cells: no Fig. 4
+    write_figures(rows(clean), clean, tmp_path, {})
+    assert [(tmp_path / f"fig{i}.png").exists() for i in (3, 4, 5, 6)] == [True, False, True, True]
+    fig4 = replace(full, psq=("3.5bit",), adv_train=(True,))  # Fig. 4's cells alone
+    write_figures(rows(fig4), fig4, tmp_path, {})
+    assert [(tmp_path / f"fig{i}.png").exists() for i in (3, 4, 5, 6)] == [False, True, False, False]
