@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
-     [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P]]
+     [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P] [--square-crn]] [--square-only]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -20,7 +20,9 @@ it includes the noise study's black-box substitute attack, trained on 2,000 trai
 ``--eot K`` averages every white-box gradient over K noise draws (for models with per-inference noise);
 every accuracy reads the same noise draws. ``--square Q`` adds the gradient-free Square Attack (L-inf, Q queries
 per image, window fraction ``--square-p``; under ``--eot K`` each query reads the mean logits of K draws): what
-no gradient attack finds but it does was gradient masking. ``--ste-window W`` and ``--ste-smooth T ...`` add
+no gradient attack finds but it does was gradient masking. Read noise stalls its search; ``--square-crn`` reads
+candidate and best under the same noise seed instead (common random numbers, no EOT); ``--square-only`` runs it
+alone. ``--ste-window W`` and ``--ste-smooth T ...`` add
 white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through
 estimator, and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
@@ -68,7 +70,12 @@ def main() -> None:
                     help="add the gradient-free Square Attack with Q queries per image (0: off)")
     ap.add_argument("--square-p", type=float, default=0.05, metavar="P",
                     help="Square Attack's initial window fraction p_init (the reference: 0.05, 0.8 for robust MNIST)")
+    ap.add_argument("--square-crn", action="store_true",
+                    help="the Square Attack compares candidate and best under common noise draws (noisy models)")
+    ap.add_argument("--square-only", action="store_true", help="only the Square Attack (with --square Q)")
     args = ap.parse_args()
+    if args.square_only and not args.square:
+        ap.error("--square-only needs --square Q")
     if args.square < 0 or not 0 < args.square_p <= 1:
         ap.error("need --square >= 0 and 0 < --square-p <= 1")
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
@@ -112,6 +119,10 @@ def main() -> None:
         survive.mul_(right)
         rows.append((f"{name} (scored: right clean and attacked)", 100 * float(right.float().mean())))
 
+    if args.square_only:
+        attack_square(args, model, x, y, ok, eps, wb, scored)
+        report(args, rows, survive, eps, len(x))
+        return
     if args.substitute:  # the noise study's black-box attack, at its default budget
         sub = Substitute(_float_twin(header), data.x_train[-2000:], epochs=3, batch=128, seed=5)
         sub.fit(model)
@@ -136,9 +147,7 @@ def main() -> None:
             for layer, c in kept:
                 layer.cim_config = c
     if args.square:
-        square = Square(eps, args.square, p_init=args.square_p, seed=9)
-        adv = wb(square)(model, x, y)
-        scored(f"Square Attack (gradient-free, {args.square} queries, p_init {args.square_p:g})", adv)
+        attack_square(args, model, x, y, ok, eps, wb, scored)
     set_digital(model, True)
     try:
         twin_ce = PGD(eps, alpha, 10, seed=3)(model, x, y)
@@ -147,9 +156,31 @@ def main() -> None:
         set_digital(model, False)
     scored("digital twin's PGD (cross-entropy, 10 steps) applied", twin_ce)
     scored(f"digital twin's PGD (margin, 50 steps, {args.restarts} restarts) applied", twin_margin)
+    report(args, rows, survive, eps, len(x))
+
+
+def attack_square(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  ok: torch.Tensor, eps: float, wb: Any, scored: Any) -> None:
+    """The Square Attack, through EOT (``wb``) or with common random numbers (``--square-crn``; no image stops
+    early there, so only the images right clean, ``ok``, are attacked: the others do not count)."""
+    def reseed(seed: int) -> None:
+        for layer in cim_layers(model):
+            layer.set_noise_seed(seed)
+
+    if args.square_crn:
+        adv = x.clone()
+        adv[ok] = Square(eps, args.square, p_init=args.square_p, seed=9, reseed=reseed)(model, x[ok], y[ok])
+    else:
+        adv = wb(Square(eps, args.square, p_init=args.square_p, seed=9))(model, x, y)
+    how = ", common random numbers" if args.square_crn else ""
+    scored(f"Square Attack (gradient-free, {args.square} queries, p_init {args.square_p:g}{how})", adv)
+
+
+def report(args: argparse.Namespace, rows: list[tuple[str, float]], survive: torch.Tensor, eps: float,
+           n: int) -> None:
     rows.append(("ensemble: right clean and under every attack above", 100 * float(survive.float().mean())))
     title = f"{args.tag}{' (noise off)' if args.noise_off else ''}"
-    print(f"| {title}, eps {eps:g}, {len(x)} images | accuracy % |\n|---|---|")
+    print(f"| {title}, eps {eps:g}, {n} images | accuracy % |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.1f} |")
 

@@ -296,3 +296,29 @@ def test_square_under_eot_reads_mean_logits_and_rejects_bad_input(float_model):
             Square(**bad)
     with pytest.raises(AttackError, match=r"\[B, C, H, W\]"):
         Square()(torch.nn.Linear(784, 10), x.flatten(1), y)
+
+
+def test_square_with_common_random_numbers_sees_through_read_noise(float_model):
+    """Logit noise of sd 0.1 stalls the plain search (a lucky read becomes the bar, a lucky read stops an image);
+    reading candidate and best under the same noise (``reseed``) does about as well as on the noise-free model."""
+    model, x, y = float_model
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gen = torch.Generator().manual_seed(0)
+
+        def reseed(self, seed: int) -> None:
+            self.gen.manual_seed(seed)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            out = model(z)
+            return out + 0.1 * torch.randn(out.shape, generator=self.gen)
+
+    noisy = Noisy().eval()
+    plain = (_pred(model, Square(0.1, 300, seed=0)(noisy, x, y)) != y).float().mean()
+    attack = Square(0.1, 300, seed=0, reseed=noisy.reseed)
+    crn = (_pred(model, attack(noisy, x, y)) != y).float().mean()  # scored on the noise-free (expected) model
+    clean = (_pred(model, Square(0.1, 300, seed=0)(model, x, y)) != y).float().mean()
+    assert plain <= 0.1 and crn >= plain + 0.1 and crn >= clean - 0.1
+    assert (attack.queries_used == 2 * 300 - 1).all()  # two reads an iteration, no early stop on a noisy read
