@@ -294,6 +294,7 @@ def test_square_under_eot_reads_mean_logits_and_rejects_bad_input(float_model):
     for bad in (dict(eps=0), dict(eps=1.5), dict(queries=0), dict(p_init=0), dict(p_init=2)):
         with pytest.raises(AttackError):
             Square(**bad)
+    assert Square()(model, x[:0], y[:0]).shape == (0, *x.shape[1:])  # no image: no query
     with pytest.raises(AttackError, match=r"\[B, C, H, W\]"):
         Square()(torch.nn.Linear(784, 10), x.flatten(1), y)
 

@@ -76,6 +76,9 @@ class Square(Attack):
             raise AttackError(f"Square needs images [B, C, H, W], got {tuple(images.shape)}")
         n, c, h, w = images.shape
         dev, eps = images.device, self.eps
+        self.queries_used = torch.zeros(n, dtype=torch.long)
+        if n == 0:
+            return images
         gen = torch.Generator(device=dev)
         if self.seed is not None:
             gen.manual_seed(self.seed)
