@@ -68,14 +68,15 @@ def main() -> None:
                          "control: is its robustness in the weights or in the test-time noise?)")
     ap.add_argument("--square", type=int, default=0, metavar="Q",
                     help="add the gradient-free Square Attack with Q queries per image (0: off)")
-    ap.add_argument("--square-p", type=float, default=0.05, metavar="P",
-                    help="Square Attack's initial window fraction p_init (the reference: 0.05, 0.8 for robust MNIST)")
+    ap.add_argument("--square-p", type=float, default=0.3, metavar="P",
+                    help="Square Attack's initial window fraction p_init (0.3, study-noise's; the reference: 0.05, "
+                         "0.8 for robust MNIST)")
     ap.add_argument("--square-crn", action="store_true",
                     help="the Square Attack compares candidate and best under common noise draws (noisy models)")
     ap.add_argument("--square-only", action="store_true", help="only the Square Attack (with --square Q)")
     args = ap.parse_args()
-    if args.square_only and not args.square:
-        ap.error("--square-only needs --square Q")
+    if (args.square_only or args.square_crn) and not args.square:
+        ap.error("--square-only and --square-crn need --square Q")
     if args.square < 0 or not 0 < args.square_p <= 1:
         ap.error("need --square >= 0 and 0 < --square-p <= 1")
     if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:

@@ -300,7 +300,7 @@ def add_study_noise_parser(sub: argparse._SubParsersAction, add_exec_args) -> No
     s.add_argument("--attack-images", type=int_arg, default=d.attack_images)
     s.add_argument("--attacker-images", type=int_arg, default=d.attacker_images)
     s.add_argument("--eot", type=int_arg, default=d.eot, help="noise draws per white-box gradient")
-    s.add_argument("--square", type=int, default=d.square_queries, metavar="Q",
+    s.add_argument("--square", type=int_arg, default=d.square_queries, metavar="Q",
                    help="also attack every cell with the gradient-free Square Attack, Q queries per image (0: off)")
     s.add_argument("--square-p", type=float, default=d.square_p, metavar="P",
                    help=f"the Square Attack's initial window fraction ({d.square_p})")
