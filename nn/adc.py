@@ -107,6 +107,32 @@ def lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, step: fl
     return adc_read(grid, adc, thr, lev, step, shift.reshape(tiles, cols, 1, -1))
 
 
+def mean_lookup_tables(adc: ADCConfig, thr: torch.Tensor, lev: torch.Tensor, shift: torch.Tensor | None,
+                       tiles: int, cols: int, psum_lo: int, psum_hi: int) -> torch.Tensor:
+    """Expected ADC output over the read noise for every integer partial sum psum_lo..psum_hi of every physical
+    column: [T, C, n_p] (:attr:`nn.config.ADCConfig.noise_mean`).
+
+    Gaussian noise: a reading's code is at least c exactly when the noisy sum reaches s_c, the c-th lowest
+    effective threshold (Flash: the shifted thresholds sorted; SAR: :func:`sar_effective_thresholds`), so
+    E[level | p] = lev_0 + sum_c (lev_c - lev_(c-1)) Phi((p - s_c) / sigma). Noise table: sum_c lev_c P(c | p)."""
+    n_p = psum_hi - psum_lo + 1
+    dev, f64 = thr.device, torch.float64
+    lev64 = lev.to(f64)
+    if adc.noise_table is not None:
+        probs = torch.tensor(adc.noise_table, device=dev, dtype=f64)
+        return (probs @ lev64).to(lev.dtype).expand(tiles, cols, n_p)
+    t = thr.expand(tiles, cols, -1) if shift is None else thr + shift.reshape(tiles, cols, -1)
+    if adc.kind == "sar" and shift is not None:
+        t = sar_effective_thresholds(t)
+    s = torch.sort(t.to(f64), -1).values
+    grid = torch.arange(psum_lo, psum_hi + 1, device=dev, dtype=f64)
+    rise = torch.diff(lev64)
+    out = lev64[0].expand(tiles, cols, n_p).clone()
+    for c in range(s.shape[-1]):  # one pass per threshold: memory stays one table
+        out += rise[c] * torch.special.ndtr((grid - s[..., c:c + 1]) / adc.noise_sigma)
+    return out.to(lev.dtype)
+
+
 def noise_table_cdf(adc: ADCConfig, device, dtype) -> torch.Tensor:
     """Cumulative P(code <= k | ideal partial sum) [n_p, n_codes - 1] of ``adc.noise_table``."""
     assert adc.noise_table is not None

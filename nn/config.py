@@ -43,6 +43,10 @@ class ADCConfig:
     the scheme's codes; one row per integer partial sum of the column (see :attr:`CIMConfig.psum_range`).
     Each inference draws a code per reading. Exclusive with ``noise_sigma`` and with per-chip offsets (a
     measured table already contains its chip's static offsets)."""
+    noise_mean: bool = False
+    """Mean-field readout: every reading outputs its expected level over the read noise (``noise_sigma`` or
+    ``noise_table``, with the chip's offsets) instead of a draw. Deterministic and smooth in the partial sum; no
+    chip reads this way: it is an attacker's surrogate of a noisy chip (score-based attacks stall on random reads)."""
 
     def __post_init__(self) -> None:
         _positive_int("bits", self.bits)
@@ -61,6 +65,9 @@ class ADCConfig:
             if len(self.levels) != len(t) + 1:
                 raise CIMConfigError(f"ADC scheme has {len(t)} thresholds but {len(self.levels)} levels; "
                                      f"need {len(t) + 1}")
+        if self.noise_mean and not (self.noise_sigma > 0 or self.noise_table is not None):
+            raise CIMConfigError("noise_mean reads the expected level over the read noise: give noise_sigma > 0 or a "
+                                 "noise_table")
         if self.psum_max is not None and (not math.isfinite(self.psum_max) or self.psum_max <= 0):
             raise CIMConfigError(f"psum_max={self.psum_max!r} must be finite and > 0")
         if self.noise_table is not None:

@@ -32,12 +32,13 @@ from nn.adc import (
     adc_tables,
     cdf_keys,
     lookup_tables,
+    mean_lookup_tables,
     noise_table_cdf,
     sample_codes,
     sar_effective_thresholds,
     xnor_periphery,
 )
-from nn.config import CIMConfig
+from nn.config import CIMConfig, CIMConfigError
 
 _LUT_MAX_ELEMENTS = 2**26  # table entries per layer (256 MiB in float32)
 _FLOAT32_EXACT = 2**24  # table indices are computed by the matmul; float32 holds integers below 2^24 exactly
@@ -123,10 +124,18 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
     flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = srt = cdf = None
     noisy = adc.noise_sigma > 0 or adc.noise_table is not None
-    if adc.noise_table is not None:
+    fits = tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact
+    if adc.noise_mean:  # the expected level of every partial sum, read like a noise-free table
+        if not fits:
+            raise CIMConfigError(f"noise_mean needs a lookup table of every partial sum, and this layer's ({tiles} "
+                                 f"tiles x {cols} columns x {n_p} sums, {dt}) is too large: use float32 or "
+                                 "fewer rows")
+        lut = mean_lookup_tables(adc, thr, lev, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
+        lut = lut.reshape(-1) if tiles * cols * n_p < exact else lut.reshape(tiles, -1)
+    elif adc.noise_table is not None:
         p_cum = noise_table_cdf(adc, dev, dt)
         cdf = (p_cum, cdf_keys(p_cum))
-    elif not noisy and tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact:
+    elif not noisy and fits:
         flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
         lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
@@ -248,7 +257,7 @@ def cim_matmul(x_int: torch.Tensor, cells: torch.Tensor, cfg: CIMConfig, shift: 
     for start in range(0, b, m):
         xt = x_int[start:start + m].reshape(-1, tiles, rows).transpose(0, 1)  # [T, m, R]
         noise = None
-        if adc.noise_sigma > 0:
+        if adc.noise_sigma > 0 and lut is None:
             noise = adc.noise_sigma * torch.randn(tiles, n_planes * xt.shape[1], cols, generator=generator,
                                                   device=dev, dtype=dt)
         if cdf is not None:

@@ -34,8 +34,8 @@ import torch
 
 from nn import fused_buckets, fused_columns, fused_noise
 from nn._numba_prims import AVAILABLE
-from nn.adc import adc_tables, lookup_tables, sar_effective_thresholds, xnor_periphery
-from nn.config import CIMConfig
+from nn.adc import adc_tables, lookup_tables, mean_lookup_tables, sar_effective_thresholds, xnor_periphery
+from nn.config import CIMConfig, CIMConfigError
 from nn.fused_pack import pack_rows, pack_windows
 
 if AVAILABLE:
@@ -423,11 +423,11 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     # a uniform scheme's unshifted codes are computed: the threshold count starts there and steps
     first = 0 if lo >= 0 else -(2**adc.bits // 2)
     qstep = np.array([step if adc.thresholds is None else 0.0, float(first)])
-    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
+    noisy = (adc.noise_sigma > 0 or adc.noise_table is not None) and not adc.noise_mean
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
-                         float(adc.noise_sigma), cdf, np.uint64(seed)), (cuts, s_lo)
+                         float(adc.noise_sigma) if noisy else 0.0, cdf, np.uint64(seed)), (cuts, s_lo)
 
 
 def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None,
@@ -542,7 +542,13 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     no_code0, no_cuts = np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1, 2), np.uint64)
     small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
     tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
-    if adc.noise_table is not None:
+    if adc.noise_mean:  # the expected level of every partial sum, read like a noise-free table
+        if not small:
+            raise CIMConfigError(f"noise_mean needs a lookup table of every partial sum, and this layer's ({tiles} "
+                                 f"tiles x {cols} columns x {hi - lo + 1} sums) is too large: use fewer rows")
+        table = mean_lookup_tables(adc, thr, lev, flat_shift, tiles, cols, lo, hi).numpy()
+        tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo
+    elif adc.noise_table is not None:
         cdf = torch.tensor(adc.noise_table, dtype=torch.float64).cumsum(-1)[:, :-1].contiguous()
         median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
         ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
