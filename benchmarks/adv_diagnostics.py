@@ -3,6 +3,7 @@
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
      [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P] [--square-crn]] [--square-only]
+     [--mean-field Q]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -22,7 +23,10 @@ every accuracy reads the same noise draws. ``--square Q`` adds the gradient-free
 per image, window fraction ``--square-p``; under ``--eot K`` each query reads the mean logits of K draws): what
 no gradient attack finds but it does was gradient masking. Read noise stalls its search; ``--square-crn`` reads
 candidate and best under the same noise seed instead (common random numbers, no EOT); ``--square-only`` runs it
-alone. ``--ste-window W`` and ``--ste-smooth T ...`` add
+alone. ``--mean-field Q`` adds attacks made on the mean-field twin (every noisy reading replaced by its expected
+level, :attr:`nn.config.ADCConfig.noise_mean`: deterministic, so neither the search nor the gradient sees noise)
+and applied to the noisy model: margin PGD, and with Q > 0 a Square Attack of Q queries. ``--ste-window W`` and
+``--ste-smooth T ...`` add
 white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through
 estimator, and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
@@ -74,7 +78,13 @@ def main() -> None:
     ap.add_argument("--square-crn", action="store_true",
                     help="the Square Attack compares candidate and best under common noise draws (noisy models)")
     ap.add_argument("--square-only", action="store_true", help="only the Square Attack (with --square Q)")
+    ap.add_argument("--mean-field", type=int, default=-1, metavar="Q",
+                    help="add attacks made on the model's mean-field twin (every noisy reading replaced by its "
+                         "expected level: ADCConfig.noise_mean) and applied to the noisy model: margin PGD and, with "
+                         "Q > 0, a Square Attack of Q queries (a deterministic surrogate the search does not stall on)")
     args = ap.parse_args()
+    if args.mean_field < -1:
+        ap.error("need --mean-field Q >= 0 (0: its PGD only)")
     if (args.square_only or args.square_crn) and not args.square:
         ap.error("--square-only and --square-crn need --square Q")
     if args.square < 0 or not 0 < args.square_p <= 1:
@@ -149,6 +159,8 @@ def main() -> None:
                 layer.cim_config = c
     if args.square:
         attack_square(args, model, x, y, ok, eps, wb, scored)
+    if args.mean_field >= 0:
+        attack_mean_field(args, model, x, y, ok, eps, alpha, scored, rows)
     set_digital(model, True)
     try:
         twin_ce = PGD(eps, alpha, 10, seed=3)(model, x, y)
@@ -175,6 +187,31 @@ def attack_square(args: argparse.Namespace, model: torch.nn.Module, x: torch.Ten
         adv = wb(Square(eps, args.square, p_init=args.square_p, seed=9))(model, x, y)
     how = ", common random numbers" if args.square_crn else ""
     scored(f"Square Attack (gradient-free, {args.square} queries, p_init {args.square_p:g}{how})", adv)
+
+
+def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      ok: torch.Tensor, eps: float, alpha: float, scored: Any, rows: list[tuple[str, float]]) -> None:
+    """Attacks made on the mean-field twin (the same weights, every noisy reading its expected level), applied to
+    the noisy model: a deterministic surrogate on which score-based search does not stall and gradients see no
+    noise (the expectation over the noise taken per reading, in closed form, rather than by sampling)."""
+    twin = copy.deepcopy(model)
+    noisy = 0
+    for layer in cim_layers(twin):
+        adc = layer.cim_config.adc
+        if adc.noise_sigma > 0 or adc.noise_table is not None:
+            layer.cim_config = replace(layer.cim_config, adc=replace(adc, noise_mean=True))
+            noisy += 1
+    if not noisy:
+        raise SystemExit("adv_diagnostics: --mean-field needs a model with read noise; this one reads none")
+    twin_ok = predict(twin, x, args.images) == y
+    agree = float((predict(twin, x, args.images) == predict(model, x, args.images)).float().mean())
+    rows.append((f"mean-field twin ({noisy} noisy layers): clean accuracy (agreement with the noisy model "
+                 f"{agree:.2f})", 100 * float(twin_ok.float().mean())))
+    scored(f"mean-field twin's PGD (margin, 50 steps, {args.restarts} restarts) applied",
+           PGD(eps, alpha / 2, 50, seed=10, loss="margin", restarts=args.restarts)(twin, x, y))
+    if args.mean_field > 0:
+        scored(f"mean-field twin's Square Attack ({args.mean_field} queries, p_init {args.square_p:g}) applied",
+               Square(eps, args.mean_field, p_init=args.square_p, seed=11)(twin, x, y))
 
 
 def report(args: argparse.Namespace, rows: list[tuple[str, float]], survive: torch.Tensor, eps: float,
