@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from nn.attacks import EOT, PGD, Attack, Square, Substitute
-from nn.convert import cim_layers, set_digital
+from nn.convert import cim_layers, mean_field_twin, set_digital
 from nn.training import accuracy, predict, recalibrate_batchnorm
 from pipeline.artifacts import ArtifactError
 from pipeline.bfa import model0_on_its_path
@@ -194,13 +194,7 @@ def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch
     """Attacks made on the mean-field twin (the same weights, every noisy reading its expected level), applied to
     the noisy model: a deterministic surrogate on which score-based search does not stall and gradients see no
     noise (the expectation over the noise taken per reading, in closed form, rather than by sampling)."""
-    twin = copy.deepcopy(model)
-    noisy = 0
-    for layer in cim_layers(twin):
-        adc = layer.cim_config.adc
-        if adc.noise_sigma > 0 or adc.noise_table is not None:
-            layer.cim_config = replace(layer.cim_config, adc=replace(adc, noise_mean=True))
-            noisy += 1
+    twin, noisy = mean_field_twin(model)
     if not noisy:
         raise SystemExit("adv_diagnostics: --mean-field needs a model with read noise; this one reads none")
     twin_ok = predict(twin, x, args.images) == y

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from typing import Any
 
@@ -77,6 +78,23 @@ def set_digital(model: torch.nn.Module, digital: bool = True) -> None:
     """
     for layer in cim_layers(model):
         layer.digital = digital or layer.always_digital
+
+
+def mean_field_twin(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """(a copy of ``model`` whose noisy CIM layers read their expected levels, the number of such layers).
+
+    Every layer with read noise (Gaussian or a table) gets ``ADCConfig(noise_mean=True)``: the same weights and
+    chip, each reading replaced by its mean over the noise. Deterministic, so a score-based search does not stall
+    on it and a gradient sees no draw: an attacker's surrogate of the noisy model, whose examples are then applied
+    to the noisy model itself."""
+    twin = copy.deepcopy(model)
+    noisy = 0
+    for layer in cim_layers(twin):
+        cfg = layer.cim_config
+        if cfg.adc.noise_sigma > 0 or cfg.adc.noise_table is not None:
+            layer.cim_config = replace(cfg, adc=replace(cfg.adc, noise_mean=True))
+            noisy += 1
+    return twin, noisy
 
 
 #: At this many input bits or fewer the clip is the quantization-MSE optimal one, not the quantile.

@@ -13,8 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, CIMConfigError, CIMLinear, QuantConfig, RuntimeConfig
+from nn import (
+    ADCConfig,
+    ArrayConfig,
+    CIMConfig,
+    CIMConfigError,
+    CIMLinear,
+    QuantConfig,
+    RuntimeConfig,
+    cim_layers,
+    create_model,
+)
 from nn.adc import adc_read, adc_tables, mean_lookup_tables
+from nn.convert import mean_field_twin
 
 ARRAY = ArrayConfig(rows=32, n_macros=2, adcs_per_macro=4)
 QUANT = QuantConfig(weight_bits=4, input_bits=3)
@@ -113,3 +124,22 @@ def test_vanishing_noise_reads_the_noise_free_chip(kind):
 def test_mean_readout_needs_a_noise():
     with pytest.raises(CIMConfigError, match="noise_sigma > 0 or a noise_table"):
         ADCConfig(noise_mean=True)
+
+
+def test_mean_field_twin_reads_every_noisy_layer_by_its_mean_and_leaves_the_model_alone():
+    cfg = CIMConfig(adc=ADCConfig(bits=5, psum_max=31.0, noise_sigma=1.0), array=ArrayConfig(rows=32),
+                    quant=QuantConfig(weight_bits=2, input_bits=4, input_max=4.0))
+    torch.manual_seed(0)
+    model = create_model("test_resnet", in_chans=1, cim_config=cfg).eval()
+    twin, noisy = mean_field_twin(model)
+    layers, twin_layers = cim_layers(model), cim_layers(twin)
+    assert noisy == len(layers) > 0
+    assert all(t.cim_config.adc.noise_mean and not m.cim_config.adc.noise_mean
+               for m, t in zip(layers, twin_layers, strict=True))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(twin(x), twin(x))
+        assert not torch.equal(model(x), model(x))  # the model itself still draws
+    quiet, none = mean_field_twin(create_model("test_resnet", in_chans=1, cim_config=replace(
+        cfg, adc=replace(cfg.adc, noise_sigma=0.0))))
+    assert none == 0 and not any(layer.cim_config.adc.noise_mean for layer in cim_layers(quiet))
