@@ -198,7 +198,15 @@ def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch
     if not noisy:
         raise SystemExit("adv_diagnostics: --mean-field needs a model with read noise; this one reads none")
     twin_ok = predict(twin, x, args.images) == y
-    agree = float((predict(twin, x, args.images) == predict(model, x, args.images)).float().mean())
+    draws = []
+    for seed in (12345, 54321):  # the scoring draw, and another one
+        for layer in cim_layers(model):
+            layer.set_noise_seed(seed)
+        draws.append(predict(model, x, args.images))
+    self_agree = float((draws[0] == draws[1]).float().mean())
+    rows.append((f"noisy model under another noise draw: clean accuracy (agreement with the scoring draw "
+                 f"{self_agree:.2f})", 100 * float((draws[1] == y).float().mean())))
+    agree = float((predict(twin, x, args.images) == draws[0]).float().mean())
     rows.append((f"mean-field twin ({noisy} noisy layers): clean accuracy (agreement with the noisy model "
                  f"{agree:.2f})", 100 * float(twin_ok.float().mean())))
     scored(f"mean-field twin's PGD (margin, 50 steps, {args.restarts} restarts) applied",
