@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
      [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P] [--square-crn]] [--square-only]
-     [--mean-field Q]
+     [--mean-field Q] [--margin-only]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -25,8 +25,8 @@ no gradient attack finds but it does was gradient masking. Read noise stalls its
 candidate and best under the same noise seed instead (common random numbers, no EOT); ``--square-only`` runs it
 alone. ``--mean-field Q`` adds attacks made on the mean-field twin (every noisy reading replaced by its expected
 level, :attr:`nn.config.ADCConfig.noise_mean`: deterministic, so neither the search nor the gradient sees noise)
-and applied to the noisy model: margin PGD, and with Q > 0 a Square Attack of Q queries. ``--ste-window W`` and
-``--ste-smooth T ...`` add
+and applied to the noisy model: margin PGD, and with Q > 0 a Square Attack of Q queries. ``--margin-only`` runs
+the margin-loss PGD alone (to try a larger ``--eot``). ``--ste-window W`` and ``--ste-smooth T ...`` add
 white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through
 estimator, and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--square-crn", action="store_true",
                     help="the Square Attack compares candidate and best under common noise draws (noisy models)")
     ap.add_argument("--square-only", action="store_true", help="only the Square Attack (with --square Q)")
+    ap.add_argument("--margin-only", action="store_true",
+                    help="only the margin-loss PGD (50 steps, --restarts R, through --eot K): a larger EOT alone")
     ap.add_argument("--mean-field", type=int, default=-1, metavar="Q",
                     help="add attacks made on the model's mean-field twin (every noisy reading replaced by its "
                          "expected level: ADCConfig.noise_mean) and applied to the noisy model: margin PGD and, with "
@@ -130,6 +132,13 @@ def main() -> None:
         survive.mul_(right)
         rows.append((f"{name} (scored: right clean and attacked)", 100 * float(right.float().mean())))
 
+    if args.square_only and args.margin_only:
+        ap.error("--square-only and --margin-only: choose one")
+    if args.margin_only:
+        scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts, EOT {args.eot}",
+               wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
+        report(args, rows, survive, eps, len(x))
+        return
     if args.square_only:
         attack_square(args, model, x, y, ok, eps, wb, scored)
         report(args, rows, survive, eps, len(x))
