@@ -130,15 +130,15 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
             raise CIMConfigError(f"noise_mean needs a lookup table of every partial sum, and this layer's ({tiles} "
                                  f"tiles x {cols} columns x {n_p} sums, {dt}) is too large: use float32 or "
                                  "fewer rows")
-        lut = mean_lookup_tables(adc, thr, lev, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
-        lut = lut.reshape(-1) if tiles * cols * n_p < exact else lut.reshape(tiles, -1)
+        lut = mean_lookup_tables(adc, thr, lev, flat_shift, tiles, cols, lo, hi)
     elif adc.noise_table is not None:
         p_cum = noise_table_cdf(adc, dev, dt)
         cdf = (p_cum, cdf_keys(p_cum))
     elif not noisy and fits:
-        flat = tiles * cols * n_p < exact  # else per-tile tables: indices stay below cols * n_p
-        table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi) * col_w[:, None]
-        lut = table.reshape(-1) if flat else table.reshape(tiles, -1)
+        lut = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi)
+    if lut is not None:  # per-tile tables where a flat index would not be exact: indices stay below cols * n_p
+        lut = lut * col_w[:, None]
+        lut = lut.reshape(-1) if tiles * cols * n_p < exact else lut.reshape(tiles, -1)
     elif flat_shift is not None:
         t = thr + flat_shift
         srt = torch.sort(sar_effective_thresholds(t) if adc.kind == "sar" else t, -1).values.contiguous()
