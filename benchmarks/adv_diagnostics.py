@@ -36,27 +36,20 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
+from _cells import cell_parser, load_cell
 
 from nn.attacks import EOT, PGD, Attack, Square, Substitute
 from nn.convert import cim_layers, mean_field_twin, set_digital
 from nn.training import accuracy, predict, recalibrate_batchnorm
-from pipeline.artifacts import ArtifactError
-from pipeline.bfa import model0_on_its_path
-from pipeline.datasets import load_data
 from pipeline.study_noise import _float_twin, survivors
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", type=Path, required=True)
-    ap.add_argument("--tag", required=True)
+    ap = cell_parser(__doc__)
     ap.add_argument("--eps", type=float, default=0.1)
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eot", type=int, default=1, help="noise draws per white-box gradient (noisy models)")
     ap.add_argument("--restarts", type=int, default=3, help="random starts of the margin-loss PGD")
     ap.add_argument("--no-probes", action="store_true", help="only the strongest-attack section")
@@ -91,17 +84,14 @@ def main() -> None:
         ap.error("--square-only and --square-crn need --square Q")
     if args.square < 0 or not 0 < args.square_p <= 1:
         ap.error("need --square >= 0 and 0 < --square-p <= 1")
-    if not 0 < args.eps <= 1 or min(args.images, args.eot, args.restarts, args.threads) < 1:
-        ap.error("need 0 < --eps <= 1 and --images, --eot, --restarts, --threads >= 1")
+    if not 0 < args.eps <= 1 or min(args.eot, args.restarts) < 1:
+        ap.error("need 0 < --eps <= 1 and --eot, --restarts >= 1")
     if args.ste_window < 0 or any(not t > 0 for t in args.ste_smooth):
         ap.error("need --ste-window >= 0 and every --ste-smooth T > 0")
-    torch.set_num_threads(args.threads)
-    try:
-        model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt",
-                                              noise_off=args.noise_off)
-    except ArtifactError as exc:
-        ap.exit(2, f"adv_diagnostics: {exc}\n")
-    data = load_data(header["data"], 2048, args.images)
+    if args.mean_field >= 0 and args.noise_off:
+        ap.error("--mean-field and --noise-off: the mean-field twin needs the read noise")
+    model, header, data = load_cell(ap, args, noise_off=args.noise_off,
+                                    need_noise="--mean-field" if args.mean_field >= 0 else "")
     x, y = data.x_test, data.y_test
     gen = torch.Generator().manual_seed(0)
     eps, alpha = args.eps, 2 / 255 * args.eps / 0.03
@@ -204,8 +194,6 @@ def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch
     the noisy model: a deterministic surrogate on which score-based search does not stall and gradients see no
     noise (the expectation over the noise taken per reading, in closed form, rather than by sampling)."""
     twin, noisy = mean_field_twin(model)
-    if not noisy:
-        raise SystemExit("adv_diagnostics: --mean-field needs a model with read noise; this one reads none")
     twin_ok = predict(twin, x, args.images) == y
     draws = []
     for seed in (12345, 54321):  # the scoring draw, and another one

@@ -11,37 +11,21 @@ partly at random: an attack scored under one draw meets that randomness, whateve
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from _cells import cell_parser, load_cell
 
 from nn.convert import cim_layers, mean_field_twin
 from nn.training import predict
-from pipeline.artifacts import ArtifactError
-from pipeline.bfa import model0_on_its_path
-from pipeline.datasets import load_data
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", type=Path, required=True)
-    ap.add_argument("--tag", required=True)
+    ap = cell_parser(__doc__)
     ap.add_argument("--draws", type=int, default=8)
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if args.draws < 2 or args.images < 1 or args.threads < 1:
-        ap.error("need --draws >= 2, --images >= 1, --threads >= 1")
-    torch.set_num_threads(args.threads)
-    try:
-        model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt")
-    except ArtifactError as exc:
-        ap.exit(2, f"noise_draws: {exc}\n")
+    if args.draws < 2:
+        ap.error("need --draws >= 2")
+    model, _, data = load_cell(ap, args, need_noise="--draws")
     twin, noisy = mean_field_twin(model)
-    if not noisy:
-        ap.exit(2, f"noise_draws: {args.tag} reads no noise; nothing to draw\n")
-    data = load_data(header["data"], 2048, args.images)
     x, y = data.x_test, data.y_test
     preds = []
     for draw in range(args.draws):
