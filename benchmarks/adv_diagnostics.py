@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
      [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P] [--square-crn]] [--square-only]
-     [--mean-field Q] [--margin-only]
+     [--mean-field Q] [--margin-only] [--score-draws K]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -26,9 +26,12 @@ candidate and best under the same noise seed instead (common random numbers, no 
 alone. ``--mean-field Q`` adds attacks made on the mean-field twin (every noisy reading replaced by its expected
 level, :attr:`nn.config.ADCConfig.noise_mean`: deterministic, so neither the search nor the gradient sees noise)
 and applied to the noisy model: margin PGD, and with Q > 0 a Square Attack of Q queries. ``--margin-only`` runs
-the margin-loss PGD alone (to try a larger ``--eot``). ``--ste-window W`` and ``--ste-smooth T ...`` add
-white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the windowed straight-through
-estimator, and soft staircases of temperature T partial sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
+the margin-loss PGD alone (to try a larger ``--eot``). ``--score-draws K`` scores the per-image ensemble of a
+noisy model under K read-noise draws as well: each draw alone, all K (the attacker may submit an example K times
+and needs one wrong answer) and the majority vote (the defender reads K times). ``--ste-window W`` and
+``--ste-smooth T ...`` add white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the
+windowed straight-through estimator, and soft staircases of temperature T partial sums,
+:attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ def main() -> None:
                     help="add attacks made on the model's mean-field twin (every noisy reading replaced by its "
                          "expected level: ADCConfig.noise_mean) and applied to the noisy model: margin PGD and, with "
                          "Q > 0, a Square Attack of Q queries (a deterministic surrogate the search does not stall on)")
+    ap.add_argument("--score-draws", type=int, default=1, metavar="K",
+                    help="also score the per-image ensemble under K read-noise draws (noisy models): under each "
+                         "draw, under all K (an attacker who submits each example K times) and under their "
+                         "majority vote (a defender who reads K times)")
     args = ap.parse_args()
     if args.mean_field < -1:
         ap.error("need --mean-field Q >= 0 (0: its PGD only)")
@@ -88,10 +95,13 @@ def main() -> None:
         ap.error("need 0 < --eps <= 1 and --eot, --restarts >= 1")
     if args.ste_window < 0 or any(not t > 0 for t in args.ste_smooth):
         ap.error("need --ste-window >= 0 and every --ste-smooth T > 0")
+    if args.score_draws < 1:
+        ap.error("need --score-draws K >= 1")
     if args.mean_field >= 0 and args.noise_off:
         ap.error("--mean-field and --noise-off: the mean-field twin needs the read noise")
     model, header, data = load_cell(ap, args, noise_off=args.noise_off,
-                                    need_noise="--mean-field" if args.mean_field >= 0 else "")
+                                    need_noise="--mean-field" if args.mean_field >= 0 else
+                                    "--score-draws" if args.score_draws > 1 else "")
     x, y = data.x_test, data.y_test
     gen = torch.Generator().manual_seed(0)
     eps, alpha = args.eps, 2 / 255 * args.eps / 0.03
@@ -115,23 +125,28 @@ def main() -> None:
     survive = ok.clone()
     if args.no_probes:  # (the probes print it)
         rows.append(("clean", 100 * float(ok.float().mean())))
+    draws = Draws(model, y, args.score_draws, args.images) if args.score_draws > 1 else None
+    if draws is not None:
+        draws.score(x)
 
     def scored(name: str, adv: torch.Tensor) -> None:
         same_noise()
         right = survivors(model, adv, y, ok, args.images)
         survive.mul_(right)
         rows.append((f"{name} (scored: right clean and attacked)", 100 * float(right.float().mean())))
+        if draws is not None:
+            draws.score(adv)
 
     if args.square_only and args.margin_only:
         ap.error("--square-only and --margin-only: choose one")
     if args.margin_only:
         scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts, EOT {args.eot}",
                wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
-        report(args, rows, survive, eps, len(x))
+        report(args, rows, survive, eps, len(x), draws)
         return
     if args.square_only:
         attack_square(args, model, x, y, ok, eps, wb, scored)
-        report(args, rows, survive, eps, len(x))
+        report(args, rows, survive, eps, len(x), draws)
         return
     if args.substitute:  # the noise study's black-box attack, at its default budget
         sub = Substitute(_float_twin(header), data.x_train[-2000:], epochs=3, batch=128, seed=5)
@@ -168,7 +183,7 @@ def main() -> None:
         set_digital(model, False)
     scored("digital twin's PGD (cross-entropy, 10 steps) applied", twin_ce)
     scored(f"digital twin's PGD (margin, 50 steps, {args.restarts} restarts) applied", twin_margin)
-    report(args, rows, survive, eps, len(x))
+    report(args, rows, survive, eps, len(x), draws)
 
 
 def attack_square(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -213,9 +228,40 @@ def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch
                Square(eps, args.mean_field, p_init=args.square_p, seed=11)(twin, x, y))
 
 
+class Draws:
+    """The per-image ensemble scored under K read-noise draws (the scoring draw 12345 and K - 1 more): an image
+    counts under a draw if that draw reads it right clean and under every attack; under the majority vote if the
+    vote of its K readings is right clean and under every attack."""
+
+    def __init__(self, model: torch.nn.Module, y: torch.Tensor, k: int, batch: int):
+        self.model, self.y, self.seeds, self.batch = model, y, [12345] + [54321 + i for i in range(k - 1)], batch
+        self.per_draw = torch.ones(k, len(y), dtype=torch.bool)
+        self.majority = torch.ones(len(y), dtype=torch.bool)
+
+    def score(self, images: torch.Tensor) -> None:
+        preds = []
+        for seed in self.seeds:
+            for layer in cim_layers(self.model):
+                layer.set_noise_seed(seed)
+            preds.append(predict(self.model, images, self.batch))
+        p = torch.stack(preds)
+        self.per_draw &= p == self.y
+        self.majority &= torch.mode(p, 0).values == self.y
+
+    def rows(self) -> list[tuple[str, float]]:
+        k, acc = len(self.seeds), 100 * self.per_draw.float().mean(1)
+        return [(f"ensemble under each of {k} noise draws: mean (min-max {acc.min():.1f}-{acc.max():.1f})",
+                 float(acc.mean())),
+                (f"ensemble: right under all {k} draws (an attacker who may submit each example {k} times)",
+                 100 * float(self.per_draw.all(0).float().mean())),
+                (f"ensemble under the majority vote of {k} draws (a defender who reads {k} times)",
+                 100 * float(self.majority.float().mean()))]
+
+
 def report(args: argparse.Namespace, rows: list[tuple[str, float]], survive: torch.Tensor, eps: float,
-           n: int) -> None:
+           n: int, draws: Draws | None = None) -> None:
     rows.append(("ensemble: right clean and under every attack above", 100 * float(survive.float().mean())))
+    rows += draws.rows() if draws is not None else []
     title = f"{args.tag}{' (noise off)' if args.noise_off else ''}"
     print(f"| {title}, eps {eps:g}, {n} images | accuracy % |\n|---|---|")
     for name, value in rows:

@@ -41,10 +41,27 @@ def test_noise_draws_reports_a_noisy_cell(noisy_cell):
     assert 0 <= float(rows["agreement of two draws"]) <= 1
 
 
+def test_adv_diagnostics_scores_the_ensemble_over_draws(noisy_cell):
+    out = _script("adv_diagnostics.py", "--run-dir", str(noisy_cell), "--tag", "noisy", "--images", "40",
+                  "--no-probes", "--margin-only", "--restarts", "1", "--eps", "0.05", "--score-draws", "3")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:3] for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+
+    def value(start: str) -> float:
+        (v,) = [float(v) for name, v in rows[1:] if name.strip().startswith(start)]
+        return v
+
+    first = value("ensemble: right clean and under every attack")  # the scoring draw
+    assert first <= value("clean")
+    assert value("ensemble: right under all 3 draws") <= min(first, value("ensemble under each of 3 noise draws"))
+    assert 0 <= value("ensemble under the majority vote of 3 draws") <= 100
+
+
 @pytest.mark.parametrize("name, argv, needle", [
     ("noise_draws.py", ["--tag", "ideal"], "--draws needs a model with read noise"),
     ("adv_diagnostics.py", ["--tag", "ideal", "--mean-field", "0"], "--mean-field needs a model with read noise"),
     ("noise_draws.py", ["--tag", "missing"], "model0.pt"),
+    ("adv_diagnostics.py", ["--tag", "ideal", "--score-draws", "2"], "--score-draws needs a model with read noise"),
     ("adv_diagnostics.py", ["--tag", "noisy", "--images", "0"], "--images >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(noisy_cell, name, argv, needle):
