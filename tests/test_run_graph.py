@@ -211,3 +211,32 @@ def test_noise_study_worst_case_is_below_each_attack(graph_run):
     assert len(res) and (res.worst_acc <= res[["bb_pgd_acc", "wb_pgd_acc"]].min(axis=1) + 1e-12).all()
     assert (res[["bb_pgd_acc", "wb_pgd_acc"]].max(axis=1) <= res.clean_acc + 1e-12).all()
     assert "worst of both" in (run / "study_noise" / "table2.md").read_text()
+
+
+def test_two_stages_drawing_one_figure_at_once_both_succeed(tmp_path, monkeypatch):
+    """Finetunes of two designs redraw the tag's curves.png at once: each writes through its own temporary file."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matplotlib.figure import Figure
+
+    from pipeline.plots import save_figure
+
+    both_written = threading.Barrier(2, timeout=30)
+    savefig = Figure.savefig
+
+    def savefig_then_wait(self, *args, **kwargs):  # both temporary files exist before either is moved
+        savefig(self, *args, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(Figure, "savefig", savefig_then_wait)
+
+    def draw(k: int) -> None:
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([0, 1], [0, k])
+        save_figure(fig, tmp_path / "curves.png")
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(draw, (1, 2)))  # re-raises a writer's error
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left behind
