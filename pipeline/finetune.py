@@ -352,7 +352,19 @@ def finetune(run_dir: Path, cfg: FinetuneConfig, executor: Executor, device: str
         outs[pending[future]] = future.result()
         if progress:
             progress(len(outs), len(chips))
-    return _write_design(paths, cfg, [outs[c] for c in chips], chip_hash)
+    outs.update(_earlier_chips(paths, cfg, chip_hash, set(outs)))
+    return _write_design(paths, cfg, [outs[c] for c in sorted(outs)], chip_hash)
+
+
+def _earlier_chips(paths: RunPaths, cfg: FinetuneConfig, chip_hash: str, known: set[int]) -> dict[int, Any]:
+    """Chips of this design finetuned by earlier calls with the same settings (``--chips 0`` then ``--chips 1``):
+    the design's tables list every finished chip, not only the latest call's."""
+    found = {}
+    for path in paths.finetune_dir(cfg.tag, cfg.adc, cfg.wl_ratio).glob("chip_*.pt"):
+        chip = path.stem.removeprefix("chip_")
+        if chip.isdigit() and int(chip) not in known and (done := _finished(path, chip_hash)) is not None:
+            found[int(chip)] = done
+    return found
 
 
 def _write_design(paths: RunPaths, cfg: FinetuneConfig, outs: list[dict[str, Any]], chip_hash: str) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from nn.convert import set_digital
 from nn.training import predict
 from pipeline.artifacts import read_json, read_table
 from pipeline.checkpoint import load_checkpoint, load_model
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, config_hash
 from pipeline.executor import make_executor
 from pipeline.finetune import CROSS, RESULTS, FinetuneConfig, design_cim, finetune
 from pipeline.offset_table import OffsetTable
@@ -198,3 +198,24 @@ def test_warm_start_refuses_another_model(trained_run, tiny_train, tmp_path):
     shutil.copytree(trained_run, run)
     with pytest.raises(ConfigError, match="same model"):
         train(run, train_config(**{**tiny_train, "model": "test_resnet", "epochs": 1}, init_from="tiny"), tag="other")
+
+
+def test_a_later_call_for_other_chips_keeps_the_earlier_chips_in_the_tables(finetuned):
+    run, res = finetuned
+    design = run / "finetune/tiny/sar_wl4"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in design.glob("chip_*.pt")}
+    with make_executor(1) as ex:
+        only_1 = finetune(run, FinetuneConfig(**{**FT, "chips": (1,)}), ex)  # chip 0 came from an earlier call
+    assert list(only_1.chip_id) == [0, 1]
+    assert {p.name: p.stat().st_mtime_ns for p in design.glob("chip_*.pt")} == mtimes  # nothing redone
+    saved, _ = read_table(design / "results.parquet", RESULTS, fix="")
+    pd.testing.assert_frame_equal(saved.drop(columns="seconds"), res.drop(columns="seconds"))
+    from pipeline.finetune import _earlier_chips
+    from pipeline.paths import RunPaths
+
+    paths, same = RunPaths(run), FinetuneConfig(**FT)
+    other = FinetuneConfig(**{**FT, "iters": 31})  # other settings: no finished chip is this configuration's
+    train_hash = load_checkpoint(run / "train/tiny/model0.pt", fix="", kind="model0")[0]["config_hash"]
+    offsets_hash = config_hash(OffsetTable(run / "chips/offsets.parquet").meta.get("config_hash", ""))
+    assert set(_earlier_chips(paths, same, same.chip_hash(train_hash, offsets_hash), set())) == {0, 1}
+    assert _earlier_chips(paths, other, other.chip_hash(train_hash, offsets_hash), set()) == {}
