@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from nn.convert import mean_field_twin
+from nn.convert import cim_layers
 from pipeline.artifacts import ArtifactError
 from pipeline.bfa import model0_on_its_path
 from pipeline.datasets import load_data
@@ -36,6 +36,6 @@ def load_cell(ap: argparse.ArgumentParser, args: argparse.Namespace, noise_off: 
         model, header, _ = model0_on_its_path(args.run_dir / "train" / args.tag / "model0.pt", noise_off=noise_off)
     except ArtifactError as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
-    if need_noise and not mean_field_twin(model)[1]:
+    if need_noise and not any(layer.cim_config.adc.reads_noise for layer in cim_layers(model)):
         ap.exit(2, f"{ap.prog}: {need_noise} needs a model with read noise; {args.tag} reads none\n")
     return model, header, load_data(header["data"], 2048, args.images)

@@ -65,7 +65,7 @@ class ADCConfig:
             if len(self.levels) != len(t) + 1:
                 raise CIMConfigError(f"ADC scheme has {len(t)} thresholds but {len(self.levels)} levels; "
                                      f"need {len(t) + 1}")
-        if self.noise_mean and not (self.noise_sigma > 0 or self.noise_table is not None):
+        if self.noise_mean and not self.reads_noise:
             raise CIMConfigError("noise_mean reads the expected level over the read noise: give noise_sigma > 0 or a "
                                  "noise_table")
         if self.psum_max is not None and (not math.isfinite(self.psum_max) or self.psum_max <= 0):
@@ -92,6 +92,11 @@ class ADCConfig:
             t = tuple(float(v) for v in range(-54, 55, 12))
             return ADCConfig(thresholds=t, levels=tuple(float(v) for v in range(-60, 61, 12)))
         raise CIMConfigError(f"unknown ADC scheme {name!r}; choose '1bit', '2bit', '3.5bit'")
+
+    @property
+    def reads_noise(self) -> bool:
+        """Whether a reading draws per-inference noise (Gaussian or a table); ``noise_mean`` reads its mean."""
+        return self.noise_sigma > 0 or self.noise_table is not None
 
     @property
     def n_thresholds(self) -> int:

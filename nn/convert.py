@@ -91,7 +91,7 @@ def mean_field_twin(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     noisy = 0
     for layer in cim_layers(twin):
         cfg = layer.cim_config
-        if cfg.adc.noise_sigma > 0 or cfg.adc.noise_table is not None:
+        if cfg.adc.reads_noise:
             layer.cim_config = replace(cfg, adc=replace(cfg.adc, noise_mean=True))
             noisy += 1
     return twin, noisy

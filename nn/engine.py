@@ -123,7 +123,7 @@ def _tables(cfg: CIMConfig, shift: torch.Tensor | None, shape: tuple[int, int, i
     col_w = (slice_w[:, None, None] * sign[None, :, None]).expand(n_slices, n_pol, n).reshape(cols)
     flat_shift = None if shift is None else shift.reshape(tiles, cols, -1).to(dt)
     lut = srt = cdf = None
-    noisy = adc.noise_sigma > 0 or adc.noise_table is not None
+    noisy = adc.reads_noise
     fits = tiles * cols * n_p <= _LUT_MAX_ELEMENTS and cols * n_p < exact
     if adc.noise_mean:  # the expected level of every partial sum, read like a noise-free table
         if not fits:

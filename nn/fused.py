@@ -423,7 +423,7 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     # a uniform scheme's unshifted codes are computed: the threshold count starts there and steps
     first = 0 if lo >= 0 else -(2**adc.bits // 2)
     qstep = np.array([step if adc.thresholds is None else 0.0, float(first)])
-    noisy = (adc.noise_sigma > 0 or adc.noise_table is not None) and not adc.noise_mean
+    noisy = adc.reads_noise and not adc.noise_mean
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
