@@ -106,6 +106,8 @@ def censored_normal(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tu
     values = np.asarray(values, dtype=float)
     if len(values) + len(low) + len(high) < 2:
         return np.nan, np.nan
+    if len(low) + len(high) == 0 and np.ptp(values) == 0:
+        return float(values[0]), 0.0  # identical trip points, nothing censored: the MLE is a point mass
     scale = max(np.std(np.concatenate([values, low, high])), 1e-12)
 
     def nll(theta: np.ndarray) -> float:

@@ -41,6 +41,15 @@ def test_censored_normal_recovers_parameters():
     assert naive < 1.6  # dropping censored points would badly underestimate sigma
 
 
+def test_censored_normal_identical_trip_points_is_a_point_mass(recwarn):
+    """Two samples that tripped at the same current (tiny --samples runs): sigma 0, not a 0/0 in the optimizer."""
+    mu, sigma = censored_normal(np.array([2e-6, 2e-6]), np.array([]), np.array([]))
+    assert (mu, sigma) == (2e-6, 0.0)
+    mu, sigma = censored_normal(np.array([2e-6, 2e-6]), np.array([]), np.array([5e-6]))  # censored: a spread
+    assert mu > 2e-6 and sigma > 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_current_to_lsb_inverts_and_extrapolates():
     x = np.linspace(0, 31, 249)
     cur = 1e-5 * np.sqrt(1 + x)
