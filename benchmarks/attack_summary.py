@@ -26,6 +26,7 @@ ROWS = [  # (label, source, target); c1 / c2 / m1 / e are filled in per run
     ("control: model0 -> nominal chip (no offsets)", "model0", "nominal"),
     ("control: model0 -> second software model", "model0", "sw"),
     ("adaptive: EOT over other chips -> chip 1", "e", "c1"),
+    ("adaptive: EOT examples -> the chips they were made on (mean)", "e", "own"),
 ]
 
 
@@ -37,6 +38,9 @@ def _name(key: str, r: pd.DataFrame, t: int, s: int) -> str:
 
 
 def _cell(r: pd.DataFrame, source: str | None, target: str) -> str:
+    if target == "own":  # the EOT attacker's own chips (results written before they were targets: n/a)
+        sel = r[(r.source == source) & (r.case == "adaptive: own chip")]
+        return f"{100 * sel.acc_after.mean():.0f} %" if len(sel) else "n/a"
     sel = r[r.target == target] if source is None else r[(r.source == source) & (r.target == target)]
     if not len(sel):
         return "n/a"

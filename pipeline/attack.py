@@ -303,7 +303,7 @@ def attack(run_dir: Path, cfg: AttackConfig, executor: Executor, device: str = "
         done += 1
         if progress:
             progress(done, len(sources))
-    return _evaluate(design, cfg, sources, x, y, out)
+    return _evaluate(design, cfg, sources, eot_chips, x, y, out)
 
 
 def _reusable(path: Path, key: str) -> bool:
@@ -317,13 +317,16 @@ def _reusable(path: Path, key: str) -> bool:
     return header.get("key") == key
 
 
-def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], x: torch.Tensor, y: torch.Tensor,
-              out: Path) -> pd.DataFrame:
+def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], eot_chips: tuple[int, ...],
+              x: torch.Tensor, y: torch.Tensor, out: Path) -> pd.DataFrame:
     advs = {s: load_checkpoint(out / f"adv_{_safe(s)}.pt", fix="rerun the attack")[1]["adversarial"]
             for s in sources}
+    members = {f"chip_c{k}" for k in eot_chips}
     rows: list[dict[str, Any]] = []
     own: dict[str, torch.Tensor] = {}  # per source: (clean right, example wrong) on the source itself
-    targets = list(dict.fromkeys([*cfg.targets(), *(s for s in sources if not s.startswith("eot"))]))
+    # the adaptive attacker's own chips are targets too: does its example fool the chips it was made on?
+    targets = list(dict.fromkeys([*cfg.targets(), *(s for s in sources if not s.startswith("eot")),
+                                  *(f"chip_c{k}" for k in eot_chips)]))
     for target in targets:
         model = design.model(target)
         clean = predict(model, x, batch=200, device=design.device)
@@ -332,7 +335,9 @@ def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], x: tor
             right = clean == y
             if source == target or (source.startswith("eot") and target == f"chip_c{cfg.target_chip}"):
                 own[source] = torch.stack([right, pred != y])
-            rows.append({"attack": cfg.name, "case": case_of(cfg, source, target), "source": source,
+            case = "adaptive: own chip" if source.startswith("eot") and target in members else case_of(cfg, source,
+                                                                                                        target)
+            rows.append({"attack": cfg.name, "case": case, "source": source,
                          "target": target, "n_images": len(y), "acc_before": float(right.float().mean()),
                          "acc_after": float((pred == y).float().mean()),
                          "success_rate": float((right & (pred != y)).sum() / max(int(right.sum()), 1))})

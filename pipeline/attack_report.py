@@ -62,7 +62,7 @@ def write_table1(df: pd.DataFrame, cfg: Any, path: Path) -> None:
     lines += ["", "Controls (accuracy of the target on the source's examples; before -> after):", "",
               "| control | source -> target | before | after |", "|---|---|---|---|"]
     for case in ("white-box", "control: offsets only", "control: software to nominal chip",
-                 "control: software to software", "adaptive"):
+                 "control: software to software", "adaptive", "adaptive: own chip"):
         for _, r in df[df.case == case].iterrows():
             lines.append(f"| {case} | {r.source} -> {r.target} | {_pct(r.acc_before)} | {_pct(r.acc_after)} |")
     src = df.drop_duplicates("source").set_index("source")

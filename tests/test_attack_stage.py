@@ -39,6 +39,9 @@ def test_cases_controls_and_outputs(attacked):
     wb = res[res.case == "white-box"].iloc[0]
     assert wb.acc_after < wb.acc_before  # the attacked chip itself is fooled
     assert res[res.source == "model0"].source_success.iloc[0] > 0.5
+    own = res[res.case == "adaptive: own chip"]  # the EOT attacker's examples on the chip they were made on
+    assert list(own.target) == ["chip_c2"] and (own.acc_after < own.acc_before).all()
+    assert set(res[res.target == "chip_c2"].source) == set(res.source)  # and every source's transfer to it
     assert (res.l2_median.dropna() > 0).all() and (res.acc_after <= 1).all()
     table = (out / "table1.md").read_text()
     assert "Case 1: attack on chip1" in table and "seed 001" in table and "adaptive" in table
