@@ -102,3 +102,25 @@ def test_attack_bad_input(capsys, attacked, extra, needle):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and line.startswith("cimcosim: error:") and needle in line, line
     assert not (run / "attack/tiny/sar_wl10/pgd_eps0.03").exists()
+
+
+def test_attack_summary_prints_the_runs_rows(attacked):
+    """benchmarks/attack_summary.py (the README's Table 1/2 layout) reads the stage's results as written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, res = attacked
+    root = Path(__file__).parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/attack_summary.py"), "--run-dir", str(run),
+                           "--tag", "tiny"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and " | " in line}
+    case1 = res[res.case == "case 1"].acc_after.iloc[0]
+    own = res[res.case == "adaptive: own chip"].acc_after.mean()
+    assert rows["case 1: model0 -> chip 1"] == f"{100 * case1:.0f} %"
+    assert rows["adaptive: EOT examples -> the chips they were made on (mean)"] == f"{100 * own:.0f} %"
+    empty = subprocess.run([sys.executable, str(root / "benchmarks/attack_summary.py"), "--run-dir", str(run),
+                            "--tag", "nothing"], capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "run `cimcosim attack` first" in empty.stderr
