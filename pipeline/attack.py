@@ -186,12 +186,15 @@ class AttackConfig:
         return out + ([f"sw:{self.sw_tag}"] if self.sw_tag else [])
 
 
-def case_of(cfg: AttackConfig, source: str, target: str) -> str:
-    """The role of a (source, target) pair in the seed's tables and the controls."""
+def case_of(cfg: AttackConfig, source: str, target: str, eot_chips: tuple[int, ...] = ()) -> str:
+    """The role of a (source, target) pair in the seed's tables and the controls (``eot_chips``: the adaptive
+    attacker's own chips, as resolved for this run)."""
     t, s = cfg.target_chip, cfg.source_chip
     chip1 = f"chip_c{t}"
     if source == target:
         return "white-box" if source == chip1 else "self"
+    if source.startswith("eot") and target in {f"chip_c{k}" for k in eot_chips}:
+        return "adaptive: own chip"
     named = {("model0", chip1): "case 1", (f"model1_c{t}", chip1): "case 2", (f"chip_c{s}", chip1): "case 3",
              (f"eot{cfg.eot}", chip1): "adaptive", ("model0", f"raw_c{t}"): "control: offsets only",
              ("model0", "nominal"): "control: software to nominal chip",
@@ -321,7 +324,6 @@ def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], eot_ch
               x: torch.Tensor, y: torch.Tensor, out: Path) -> pd.DataFrame:
     advs = {s: load_checkpoint(out / f"adv_{_safe(s)}.pt", fix="rerun the attack")[1]["adversarial"]
             for s in sources}
-    members = {f"chip_c{k}" for k in eot_chips}
     rows: list[dict[str, Any]] = []
     own: dict[str, torch.Tensor] = {}  # per source: (clean right, example wrong) on the source itself
     # the adaptive attacker's own chips are targets too: does its example fool the chips it was made on?
@@ -335,9 +337,7 @@ def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], eot_ch
             right = clean == y
             if source == target or (source.startswith("eot") and target == f"chip_c{cfg.target_chip}"):
                 own[source] = torch.stack([right, pred != y])
-            case = "adaptive: own chip" if source.startswith("eot") and target in members else case_of(cfg, source,
-                                                                                                        target)
-            rows.append({"attack": cfg.name, "case": case, "source": source,
+            rows.append({"attack": cfg.name, "case": case_of(cfg, source, target, eot_chips), "source": source,
                          "target": target, "n_images": len(y), "acc_before": float(right.float().mean()),
                          "acc_after": float((pred == y).float().mean()),
                          "success_rate": float((right & (pred != y)).sum() / max(int(right.sum()), 1))})

@@ -111,9 +111,13 @@ def test_attack_summary_prints_the_runs_rows(attacked):
     from pathlib import Path
 
     run, res = attacked
-    root = Path(__file__).parents[1]
-    proc = subprocess.run([sys.executable, str(root / "benchmarks/attack_summary.py"), "--run-dir", str(run),
-                           "--tag", "tiny"], capture_output=True, text=True, timeout=120)
+    script = Path(__file__).parents[1] / "benchmarks/attack_summary.py"
+
+    def summary(tag: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), "--run-dir", str(run), "--tag", tag],
+                              capture_output=True, text=True, timeout=120)
+
+    proc = summary("tiny")
     assert proc.returncode == 0, proc.stderr
     rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1] for line in proc.stdout.splitlines()
             if line.startswith("| ") and " | " in line}
@@ -121,6 +125,5 @@ def test_attack_summary_prints_the_runs_rows(attacked):
     own = res[res.case == "adaptive: own chip"].acc_after.mean()
     assert rows["case 1: model0 -> chip 1"] == f"{100 * case1:.0f} %"
     assert rows["adaptive: EOT examples -> the chips they were made on (mean)"] == f"{100 * own:.0f} %"
-    empty = subprocess.run([sys.executable, str(root / "benchmarks/attack_summary.py"), "--run-dir", str(run),
-                            "--tag", "nothing"], capture_output=True, text=True, timeout=120)
+    empty = summary("nothing")
     assert empty.returncode == 2 and "run `cimcosim attack` first" in empty.stderr
