@@ -150,6 +150,44 @@ def test_eot_restarts_judge_the_population_not_the_ignored_model(float_model):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+class _Flipped(torch.nn.Module):
+    """A second member with other decision boundaries: the model on the mirrored image, logits x ``scale``."""
+
+    def __init__(self, model: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.model(x.flip(-1))
+
+
+def test_eot_success_all_counts_an_example_only_when_every_member_is_fooled(float_model):
+    """C&W on the mean logits of two members, one of them 4x as confident, stops at examples the confident one
+    carries alone; with ``success="all"`` every example returned fools both members."""
+    model, x, y = float_model
+    members = [model, _Flipped(model, 4.0)]
+    x, y = x[:16], y[:16]
+    with torch.no_grad():
+        both_right = (_pred(members[0], x) == y) & (_pred(members[1], x) == y)
+    x, y = x[both_right], y[both_right]
+
+    def attack(success: str) -> tuple[torch.Tensor, torch.Tensor]:
+        adv = EOT(CWL2(max_iterations=100, binary_search_steps=6, initial_const=0.1), models=members,
+                  success=success)(model, x, y)
+        found = (adv - x).flatten(1).abs().amax(1) > 0
+        fooled = torch.stack([_pred(m, adv) != y for m in members])
+        return found, fooled
+
+    found_mean, fooled_mean = attack("mean")
+    assert (found_mean & ~fooled_mean.all(0)).any()  # the mean was fooled, one member was not
+    found, fooled = attack("all")
+    assert found.float().mean() >= 0.5
+    assert fooled[:, found].all()
+    assert (found & fooled.all(0)).sum() > (found_mean & fooled_mean.all(0)).sum()
+    with pytest.raises(AttackError, match="success"):
+        EOT(CWL2(), models=members, success="any")
+
+
 def test_adversarial_training_keeps_batchnorm_statistics_clean():
     # statistics averaged over clean and adversarial batches fit neither (clean accuracy 28 %, 60 % after
     # re-estimating them on clean images): only the clean forward of each step updates them

@@ -52,8 +52,10 @@ class Attack(ABC):
     def forward(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images for one batch (model already in eval mode, parameters frozen)."""
 
-    def get_logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The one place an attack calls the model."""
+    def get_logits(self, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """The one place an attack calls the model; ``labels`` (when the caller judges success against them)
+        let a wrapper pick whose logits to return (EOT's ``success="all"``); the model never sees them."""
         return model(x)
 
     def input_grad(self, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
@@ -61,7 +63,7 @@ class Attack(ABC):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(gradient of the summed loss w.r.t. ``x``, logits); parameters get no gradient."""
         x = x.detach().requires_grad_(True)
-        logits = self.get_logits(model, x)
+        logits = self.get_logits(model, x, labels)
         loss = (loss_fn or _ce_sum)(logits, labels)
         (grad,) = torch.autograd.grad(loss, x)
         return grad, logits.detach()

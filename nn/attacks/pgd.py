@@ -73,7 +73,7 @@ class PGD(Attack):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(fooled, loss) per image of one start's examples."""
         with torch.no_grad():
-            logits = self.get_logits(model, x)
+            logits = self.get_logits(model, x, labels)
         return logits.argmax(1) != labels, self.per_image_loss(logits, labels)
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

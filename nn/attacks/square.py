@@ -66,7 +66,7 @@ class Square(Attack):
     def margin(self, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Z_y - max_{j != y} Z_j per image (> 0: still classified right); one query."""
         with torch.no_grad():
-            logits = self.get_logits(model, x)
+            logits = self.get_logits(model, x, labels)
         real = logits.gather(1, labels[:, None]).squeeze(1)
         other = logits.scatter(1, labels[:, None], -torch.inf).amax(1)
         return real - other
