@@ -12,8 +12,10 @@ plus chip 1 attacked directly (white box), every transfer chip as a source (the 
 controls: model0 to chip 1's offsets without finetune (``raw_c<t>``: robustness from the offsets alone?),
 model0 to the nominal chip and to another software model (``--sw-tag``: is low transfer just a property of
 minimum-norm examples?), and an adaptive attacker (``--eot K``: EOT over K other finetuned chips, applied to
-chip 1). One executor task per source; each writes ``adv_<source>.pt`` atomically (a rerun skips finished
-sources whose settings match) and the targets are evaluated afterwards.
+chip 1; source ``eot<K>``, or ``eot<K>-all`` with ``--eot-success all``, which keeps an example only when it
+fools every one of the K chips rather than their mean logits). One executor task per source; each writes
+``adv_<source>.pt`` atomically (a rerun skips finished sources whose settings match) and the targets are
+evaluated afterwards.
 
 Outputs under ``RUN/attack/<tag>/<adc>_wl<R>/<attack>/``: ``results.parquet`` (one row per source and target),
 ``adv_<source>.pt``, ``table1.md``, ``transfer.png``; ``RUN/attack/<tag>/<adc>_wl<R>/table2.md`` over the
@@ -36,6 +38,7 @@ import pyarrow as pa
 import torch
 
 from nn.attacks import CWL0, CWL2, EOT, FGSM, PGD, Attack, CWLinf, norms
+from nn.attacks.eot import SUCCESS as EOT_SUCCESS
 from nn.training import predict
 from pipeline.artifacts import ArtifactError, read_table, versions, write_table
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
@@ -102,6 +105,9 @@ class AttackConfig:
     eot_chips: tuple[int, ...] = ()
     """The chips the adaptive attacker averages over (default: the first ``eot`` finetuned chips that are
     neither the target nor the source)."""
+    eot_success: str = "mean"
+    """When the adaptive attacker counts an example as found: the chips' mean logits fooled ("mean") or every
+    chip fooled ("all"; :class:`nn.attacks.EOT`'s ``success``)."""
     white_box: bool = True
     """Attack chip 1 itself (the white-box control). Off: only the transfer sources run -- for the costliest
     attacks (C&W L0 on a chip takes a chip forward and backward per step, hours per source on a CPU)."""
@@ -136,6 +142,8 @@ class AttackConfig:
         if self.eot_chips and len(self.eot_chips) != self.eot:
             raise ConfigError(f"eot_chips={list(self.eot_chips)} names {len(self.eot_chips)} chips but eot={self.eot}; "
                               "give as many chips as the EOT averages over")
+        if self.eot_success not in EOT_SUCCESS:
+            raise ConfigError(f"eot_success={self.eot_success!r}: choose from {', '.join(EOT_SUCCESS)}")
         if self.target_chip in self.eot_chips:
             raise ConfigError(f"eot_chips={list(self.eot_chips)} holds the target chip {self.target_chip}: the "
                               "adaptive attacker knows the population, not chip 1")
@@ -175,8 +183,13 @@ class AttackConfig:
         for k in self.transfer_chips:
             out.setdefault(f"chip_c{k}", "matrix")
         if self.eot:
-            out[f"eot{self.eot}"] = "adaptive"
+            out[self.eot_source] = "adaptive"
         return out
+
+    @property
+    def eot_source(self) -> str:
+        """The adaptive attacker's source name."""
+        return f"eot{self.eot}" + ("" if self.eot_success == "mean" else f"-{self.eot_success}")
 
     def targets(self) -> list[str]:
         """What the examples are applied to."""
@@ -196,7 +209,7 @@ def case_of(cfg: AttackConfig, source: str, target: str, eot_chips: tuple[int, .
     if source.startswith("eot") and target in {f"chip_c{k}" for k in eot_chips}:
         return "adaptive: own chip"
     named = {("model0", chip1): "case 1", (f"model1_c{t}", chip1): "case 2", (f"chip_c{s}", chip1): "case 3",
-             (f"eot{cfg.eot}", chip1): "adaptive", ("model0", f"raw_c{t}"): "control: offsets only",
+             (cfg.eot_source, chip1): "adaptive", ("model0", f"raw_c{t}"): "control: offsets only",
              ("model0", "nominal"): "control: software to nominal chip",
              ("model0", f"sw:{cfg.sw_tag}"): "control: software to software"}
     return named.get((source, target), "matrix")
@@ -239,7 +252,7 @@ def make_examples(task: SourceTask) -> str:
     attack = cfg.make(_seed(cfg, task.source))
     if task.source.startswith("eot"):
         models = [design.model(f"chip_c{k}") for k in task.eot_chips]
-        adv = EOT(attack, models=models)(models[0], x.to(task.device), y.to(task.device))
+        adv = EOT(attack, models=models, success=cfg.eot_success)(models[0], x.to(task.device), y.to(task.device))
     else:
         adv = attack(design.model(task.source), x.to(task.device), y.to(task.device))
     path = _out_dir(Path(task.run_dir), cfg) / f"adv_{_safe(task.source)}.pt"

@@ -198,6 +198,9 @@ def add_attack_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
     a.add_argument("--eot-chips", nargs="*", default=[],
                    help="the adaptive attacker's chips, e.g. 1-3 (default: the first K finetuned chips that are "
                         "neither target nor source; sets K when --eot is not given)")
+    a.add_argument("--eot-success", default=d.eot_success, choices=["mean", "all"],
+                   help="adaptive attacker: an example counts when the chips' mean logits are fooled (mean) or "
+                        "every chip is (all; source eot<K>-all)")
     a.add_argument("--sw-tag", default=None, help="control: another software model (train tag) as a target")
     a.add_argument("--no-white-box", action="store_true",
                    help="skip attacking chip 1 itself (the white-box control; the costliest source)")
@@ -217,8 +220,8 @@ def run_attack(args: argparse.Namespace) -> None:
                        transfer_chips=parse_chips(args.transfer_chips) if args.transfer_chips else (),
                        n_images=args.n_images, confidence=args.confidence, eps=args.eps,
                        max_iterations=args.max_iterations, binary_search_steps=args.binary_search_steps,
-                       initial_const=args.initial_const,
-                       eot=args.eot or len(eot_chips), eot_chips=eot_chips, sw_tag=args.sw_tag, seed=args.seed,
+                       initial_const=args.initial_const, eot=args.eot or len(eot_chips), eot_chips=eot_chips,
+                       eot_success=args.eot_success, sw_tag=args.sw_tag, seed=args.seed,
                        white_box=not args.no_white_box)
     _check_device(args.device)
     if args.workers < 1:

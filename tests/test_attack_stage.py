@@ -85,6 +85,36 @@ def test_without_the_white_box_source_the_transfer_sources_are_reused(attacked, 
     assert "Case 1: attack on chip1" in (copy / "attack/tiny/sar_wl10/cw-l2/table1.md").read_text()
 
 
+def test_adaptive_attacker_requiring_every_chip_keeps_only_examples_that_fool_them_all(attacked, tmp_path,
+                                                                                        caplog):
+    """``eot_success="all"``: a separate source ``eot2-all`` beside the reused ones, whose every example (where one
+    was found) fools both chips it was made on."""
+    from nn.training import predict
+    from pipeline.config import ConfigError
+    from pipeline.deployments import Design
+
+    run, _ = attacked
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    cfg = AttackConfig(**{**ATTACK, "eot": 2}, eot_chips=(1, 2), eot_success="all", cases=(1,), white_box=False)
+    with make_executor(1) as ex, caplog.at_level(logging.INFO, logger="pipeline.attack"):
+        res = attack(copy, cfg, ex)
+    made = [r.getMessage() for r in caplog.records if "examples on" in r.getMessage()]
+    assert len(made) == 1 and "eot2-all" in made[0]  # model0 reused
+    own = res[res.case == "adaptive: own chip"]
+    assert set(own.source) == {"eot2-all"} and set(own.target) == {"chip_c1", "chip_c2"}
+    assert res[(res.source == "eot2-all") & (res.target == "chip_c0")].case.tolist() == ["adaptive"]
+    blob = torch.load(copy / "attack/tiny/sar_wl10/cw-l2/adv_eot2-all.pt", weights_only=True)["state_dict"]
+    x, adv, y = blob["images"], blob["adversarial"], blob["labels"]
+    found = (adv - x).flatten(1).abs().amax(1) > 0
+    design = Design(copy, "tiny", "sar", 10.0, "cpu")
+    assert found.any()
+    for chip in ("chip_c1", "chip_c2"):
+        assert (predict(design.model(chip), adv[found]) != y[found]).all()
+    with pytest.raises(ConfigError, match="eot_success='any'"):
+        AttackConfig(**ATTACK, eot_success="any")
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--attack", "cw-l3"], "unknown attack 'cw-l3'"),
     (["--attack", "pgd", "--eps", "0"], "eps=0.0 must be in (0, 1]"),
