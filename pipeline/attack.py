@@ -338,18 +338,21 @@ def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], eot_ch
     advs = {s: load_checkpoint(out / f"adv_{_safe(s)}.pt", fix="rerun the attack")[1]["adversarial"]
             for s in sources}
     rows: list[dict[str, Any]] = []
-    own: dict[str, torch.Tensor] = {}  # per source: (clean right, example wrong) on the source itself
+    # per source: (clean right, example wrong) on the source itself; for the adaptive attacker on every chip it
+    # was made on (right on all of them, wrong on all of them): what it can check, not chip 1, which it never saw
+    own: dict[str, torch.Tensor] = {}
+    members = [f"chip_c{k}" for k in eot_chips]
     # the adaptive attacker's own chips are targets too: does its example fool the chips it was made on?
-    targets = list(dict.fromkeys([*cfg.targets(), *(s for s in sources if not s.startswith("eot")),
-                                  *(f"chip_c{k}" for k in eot_chips)]))
+    targets = list(dict.fromkeys([*cfg.targets(), *(s for s in sources if not s.startswith("eot")), *members]))
     for target in targets:
         model = design.model(target)
         clean = predict(model, x, batch=200, device=design.device)
         for source, adv in advs.items():
             pred = predict(model, adv, batch=200, device=design.device)
             right = clean == y
-            if source == target or (source.startswith("eot") and target == f"chip_c{cfg.target_chip}"):
-                own[source] = torch.stack([right, pred != y])
+            if source == target or (source.startswith("eot") and target in members):
+                pair = torch.stack([right, pred != y])
+                own[source] = own[source] & pair if source in own else pair
             rows.append({"attack": cfg.name, "case": case_of(cfg, source, target, eot_chips), "source": source,
                          "target": target, "n_images": len(y), "acc_before": float(right.float().mean()),
                          "acc_after": float((pred == y).float().mean()),
@@ -357,7 +360,7 @@ def _evaluate(design: Design, cfg: AttackConfig, sources: dict[str, str], eot_ch
     sizes: dict[str, dict[str, float]] = {}
     for source, adv in advs.items():
         # source_success: of the images the source classified right, the share its example fools (the EOT
-        # attacker has no model of its own: measured on chip 1); sizes over those successful examples, the
+        # attacker: right on all its chips, fooling all of them); sizes over those successful examples, the
         # reference's convention (a failed search returns the clean image, size 0, and would drag the median)
         right, fooled = own[source]
         n = norms(adv, x)
