@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -124,6 +127,15 @@ def test_adaptive_attacker_requiring_every_chip_keeps_only_examples_that_fool_th
     assert row.l2_median == pytest.approx(float(norms(adv, x)["l2"][right & fooled].median()), rel=1e-6)
     with pytest.raises(ConfigError, match="eot_success='any'"):
         AttackConfig(**ATTACK, eot_success="any")
+    # benchmarks/eot_transfer.py counts the same images, and of those right on chip 1 the ones it gets wrong
+    chip1 = design.model("chip_c0")
+    on_chip1 = right & fooled & (predict(chip1, x) == y)
+    rows = _script("eot_transfer.py", copy, "tiny")
+    assert rows.returncode == 0, rows.stderr
+    assert _script("eot_transfer.py", copy, "nothing").returncode == 2
+    line = next(r for r in rows.stdout.splitlines() if "| eot2-all |" in r)
+    assert line.split(" | ")[3:] == [str(int(right.sum())), str(int((right & fooled).sum())), str(int(on_chip1.sum())),
+                                     f"{int((on_chip1 & (predict(chip1, adv) != y)).sum())} |"]
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -145,18 +157,18 @@ def test_attack_bad_input(capsys, attacked, extra, needle):
     assert not (run / "attack/tiny/sar_wl10/pgd_eps0.03").exists()
 
 
+def _script(name: str, run: Path, tag: str) -> subprocess.CompletedProcess[str]:
+    """Run one of benchmarks/ on a run folder."""
+    return subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / name), "--run-dir", str(run),
+                           "--tag", tag], capture_output=True, text=True, timeout=300)
+
+
 def test_attack_summary_prints_the_runs_rows(attacked):
     """benchmarks/attack_summary.py (the README's Table 1/2 layout) reads the stage's results as written."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     run, res = attacked
-    script = Path(__file__).parents[1] / "benchmarks/attack_summary.py"
 
     def summary(tag: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(script), "--run-dir", str(run), "--tag", tag],
-                              capture_output=True, text=True, timeout=120)
+        return _script("attack_summary.py", run, tag)
 
     proc = summary("tiny")
     assert proc.returncode == 0, proc.stderr
