@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -21,7 +22,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.deployments import Design
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"eot_transfer: {message}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -144,6 +144,9 @@ class AttackConfig:
                               "give as many chips as the EOT averages over")
         if self.eot_success not in EOT_SUCCESS:
             raise ConfigError(f"eot_success={self.eot_success!r}: choose from {', '.join(EOT_SUCCESS)}")
+        if self.eot_success != "mean" and not self.eot:
+            raise ConfigError(f"eot_success={self.eot_success!r} sets how the adaptive attacker counts an example; "
+                              "turn it on with --eot K or --eot-chips")
         if self.target_chip in self.eot_chips:
             raise ConfigError(f"eot_chips={list(self.eot_chips)} holds the target chip {self.target_chip}: the "
                               "adaptive attacker knows the population, not chip 1")

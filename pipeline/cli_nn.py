@@ -198,9 +198,9 @@ def add_attack_parser(sub: argparse._SubParsersAction, add_exec_args) -> None:
     a.add_argument("--eot-chips", nargs="*", default=[],
                    help="the adaptive attacker's chips, e.g. 1-3 (default: the first K finetuned chips that are "
                         "neither target nor source; sets K when --eot is not given)")
-    a.add_argument("--eot-success", default=d.eot_success, choices=["mean", "all"],
-                   help="adaptive attacker: an example counts when the chips' mean logits are fooled (mean) or "
-                        "every chip is (all; source eot<K>-all)")
+    a.add_argument("--eot-success", default=d.eot_success,
+                   help="mean | all: the adaptive attacker's example counts when the chips' mean logits are fooled "
+                        "(mean) or every chip is (all; source eot<K>-all)")
     a.add_argument("--sw-tag", default=None, help="control: another software model (train tag) as a target")
     a.add_argument("--no-white-box", action="store_true",
                    help="skip attacking chip 1 itself (the white-box control; the costliest source)")

@@ -147,6 +147,8 @@ def test_adaptive_attacker_requiring_every_chip_keeps_only_examples_that_fool_th
     (["--attack", "pgd", "--eot-chips", "0-1"], "holds the target chip 0"),
     (["--attack", "pgd", "--eot-chips", "1", "--eot", "2"], "names 1 chips but eot=2"),
     (["--attack", "pgd", "--eot-chips", "2-3"], "chip 3 of sar W/L=10 is not finetuned yet"),
+    (["--attack", "pgd", "--eot", "1", "--eot-success", "any"], "eot_success='any': choose from mean, all"),
+    (["--attack", "pgd", "--eot-success", "all"], "turn it on with --eot K or --eot-chips"),
 ])
 def test_attack_bad_input(capsys, attacked, extra, needle):
     run, _ = attacked

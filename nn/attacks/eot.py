@@ -73,7 +73,7 @@ class EOT(Attack):
                 return stacked.mean(0)
             lost = torch.stack([margin_loss(z, y) for z in logits])  # [draws, B]: > 0 where y lost
             worst = lost.argmax(0) if targeted else lost.argmin(0)
-            return stacked.gather(0, worst[None, :, None].expand(1, *stacked.shape[1:]))[0]
+            return stacked[worst, torch.arange(stacked.shape[1], device=stacked.device)]
 
         def averaged(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
