@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/adv_diagnostics.py --run-dir runs/sn4_e10 --tag sn_b4_n0_none_adv --eps 0.1
      [--images 200] [--threads 1] [--eot K] [--restarts R] [--no-probes] [--substitute] [--ste-window W]
      [--ste-smooth T [T ...]] [--noise-off] [--square Q [--square-p P] [--square-crn]] [--square-only]
-     [--mean-field Q] [--margin-only] [--score-draws K]
+     [--mean-field Q] [--margin-only] [--score-draws K] [--vote K [--vote-kappa KAPPA]]
 Loads the tag's model0 on its own path (as the noise study attacks it) and prints the accuracy on the first
 N test images: clean; with label-free perturbations of the same budget (uniform, random signs); under PGD
 computed for the true label (10 steps, and 50 smaller ones), for the model's own prediction, and for a wrong
@@ -28,10 +28,13 @@ level, :attr:`nn.config.ADCConfig.noise_mean`: deterministic, so neither the sea
 and applied to the noisy model: margin PGD, and with Q > 0 a Square Attack of Q queries. ``--margin-only`` runs
 the margin-loss PGD alone (to try a larger ``--eot``). ``--score-draws K`` scores the per-image ensemble of a
 noisy model under K read-noise draws as well: each draw alone, all K (the attacker may submit an example K times
-and needs one wrong answer) and the majority vote (the defender reads K times). ``--ste-window W`` and
-``--ste-smooth T ...`` add white-box PGD through other gradients of the partial-sum readout (BPDA surrogates: the
-windowed straight-through estimator, and soft staircases of temperature T partial sums,
-:attr:`nn.config.QuantConfig.psum_ste_smooth`).
+and needs one wrong answer) and the majority vote (the defender reads K times).
+``--vote K`` adds an attack on that vote: margin PGD (50 steps, R restarts) through EOT over K fresh draws with
+each draw's margin clamped at ``--vote-kappa`` (PGD's ``confidence``: a draw fooled by more than kappa stops
+pulling, so the gradient goes to the draws still right) and restarts judged by the least fooled draw.
+``--ste-window W`` and ``--ste-smooth T ...`` add white-box PGD through other gradients of the partial-sum
+readout (BPDA surrogates: the windowed straight-through estimator, and soft staircases of temperature T partial
+sums, :attr:`nn.config.QuantConfig.psum_ste_smooth`).
 """
 
 from __future__ import annotations
@@ -84,7 +87,14 @@ def main() -> None:
                     help="also score the per-image ensemble under K read-noise draws (noisy models): under each "
                          "draw, under all K (an attacker who submits each example K times) and under their "
                          "majority vote (a defender who reads K times)")
+    ap.add_argument("--vote", type=int, default=0, metavar="K",
+                    help="add margin PGD against a K-read majority vote: EOT over K draws, each draw's margin "
+                         "clamped at --vote-kappa, restarts judged by the least fooled draw (noisy models)")
+    ap.add_argument("--vote-kappa", type=float, default=0.0, metavar="KAPPA",
+                    help="the clamp of each draw's margin in --vote (logits; 0: a draw once fooled stops pulling)")
     args = ap.parse_args()
+    if args.vote < 0 or args.vote == 1 or not args.vote_kappa >= 0:
+        ap.error("need --vote K >= 2 (0: off) and --vote-kappa >= 0")
     if args.mean_field < -1:
         ap.error("need --mean-field Q >= 0 (0: its PGD only)")
     if (args.square_only or args.square_crn) and not args.square:
@@ -101,7 +111,8 @@ def main() -> None:
         ap.error("--mean-field and --noise-off: the mean-field twin needs the read noise")
     model, header, data = load_cell(ap, args, noise_off=args.noise_off,
                                     need_noise="--mean-field" if args.mean_field >= 0 else
-                                    "--score-draws" if args.score_draws > 1 else "")
+                                    "--score-draws" if args.score_draws > 1 else
+                                    "--vote" if args.vote else "")
     x, y = data.x_test, data.y_test
     gen = torch.Generator().manual_seed(0)
     eps, alpha = args.eps, 2 / 255 * args.eps / 0.03
@@ -139,9 +150,16 @@ def main() -> None:
 
     if args.square_only and args.margin_only:
         ap.error("--square-only and --margin-only: choose one")
+    def vote() -> None:
+        if args.vote:
+            pgd = PGD(eps, alpha / 2, 50, seed=12, loss="margin", restarts=args.restarts, confidence=args.vote_kappa)
+            scored(f"vote attack: margin PGD (50 steps, {args.restarts} restarts), EOT {args.vote} with each draw's "
+                   f"margin clamped at {args.vote_kappa:g}", EOT(pgd, samples=args.vote, success="all")(model, x, y))
+
     if args.margin_only:
         scored(f"PGD, margin loss, 50 steps of alpha/2, {args.restarts} restarts, EOT {args.eot}",
                wb(PGD(eps, alpha / 2, 50, seed=2, loss="margin", restarts=args.restarts))(model, x, y))
+        vote()
         report(args, rows, survive, eps, len(x), draws)
         return
     if args.square_only:
@@ -171,6 +189,7 @@ def main() -> None:
         finally:
             for layer, c in kept:
                 layer.cim_config = c
+    vote()
     if args.square:
         attack_square(args, model, x, y, ok, eps, wb, scored)
     if args.mean_field >= 0:

@@ -188,6 +188,33 @@ def test_eot_success_all_counts_an_example_only_when_every_member_is_fooled(floa
         EOT(CWL2(), models=members, success="any")
 
 
+def test_pgd_confidence_is_a_hinge_that_lets_the_unfooled_member_drive(float_model):
+    """``confidence=kappa`` clamps each margin at kappa: an image (a member, under EOT) fooled by more than kappa
+    gives no gradient. Alone, an image the model already gets wrong does not move; through EOT over two members,
+    one 10x as confident, the confident member stops carrying the mean once fooled, so more images fool both."""
+    model, x, y = float_model
+    wrong = (y + 1) % 10  # labels the model already loses on: margin > 0
+    with pytest.raises(AttackError, match="confidence"):
+        PGD(confidence=0.0)  # cross-entropy has no margin to clamp
+    with pytest.raises(AttackError, match="confidence"):
+        PGD(loss="margin", confidence=float("inf"))
+    still = PGD(eps=0.05, alpha=0.01, steps=5, loss="margin", random_start=False, confidence=0.0)(model, x, wrong)
+    assert torch.equal(still, x)
+    moved = PGD(eps=0.05, alpha=0.01, steps=5, loss="margin", random_start=False)(model, x, wrong)
+    assert not torch.equal(moved, x)
+    members = [model, _Flipped(model, 10.0)]
+    with torch.no_grad():
+        both_right = (_pred(members[0], x) == y) & (_pred(members[1], x) == y)
+    x, y = x[both_right], y[both_right]
+
+    def fool_both(confidence: float | None) -> int:
+        adv = EOT(PGD(eps=0.05, alpha=0.05 / 8, steps=20, seed=1, loss="margin", confidence=confidence),
+                  models=members)(model, x, y)
+        return int(torch.stack([_pred(m, adv) != y for m in members]).all(0).sum())
+
+    assert fool_both(0.0) > fool_both(None)
+
+
 def test_adversarial_training_keeps_batchnorm_statistics_clean():
     # statistics averaged over clean and adversarial batches fit neither (clean accuracy 28 %, 60 % after
     # re-estimating them on clean images): only the clean forward of each step updates them

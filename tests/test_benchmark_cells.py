@@ -43,7 +43,8 @@ def test_noise_draws_reports_a_noisy_cell(noisy_cell):
 
 def test_adv_diagnostics_scores_the_ensemble_over_draws(noisy_cell):
     out = _script("adv_diagnostics.py", "--run-dir", str(noisy_cell), "--tag", "noisy", "--images", "40",
-                  "--no-probes", "--margin-only", "--restarts", "1", "--eps", "0.05", "--score-draws", "3")
+                  "--no-probes", "--margin-only", "--restarts", "1", "--eps", "0.05", "--score-draws", "3",
+                  "--vote", "2")
     assert out.returncode == 0, out.stderr
     rows = [line.split("|")[1:3] for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
 
@@ -52,7 +53,7 @@ def test_adv_diagnostics_scores_the_ensemble_over_draws(noisy_cell):
         return v
 
     first = value("ensemble: right clean and under every attack")  # the scoring draw
-    assert first <= value("clean")
+    assert first <= value("vote attack: margin PGD (50 steps, 1 restarts), EOT 2") <= value("clean")
     assert value("ensemble: right under all 3 draws") <= min(first, value("ensemble under each of 3 noise draws"))
     assert 0 <= value("ensemble under the majority vote of 3 draws") <= 100
 
@@ -63,6 +64,8 @@ def test_adv_diagnostics_scores_the_ensemble_over_draws(noisy_cell):
     ("noise_draws.py", ["--tag", "missing"], "model0.pt"),
     ("adv_diagnostics.py", ["--tag", "ideal", "--score-draws", "2"], "--score-draws needs a model with read noise"),
     ("adv_diagnostics.py", ["--tag", "noisy", "--images", "0"], "--images >= 1"),
+    ("adv_diagnostics.py", ["--tag", "ideal", "--vote", "2"], "--vote needs a model with read noise"),
+    ("adv_diagnostics.py", ["--tag", "noisy", "--vote", "1"], "need --vote K >= 2"),
 ])
 def test_bad_input_exits_2_with_one_line(noisy_cell, name, argv, needle):
     out = _script(name, "--run-dir", str(noisy_cell), *argv)

@@ -14,9 +14,16 @@ Croce and Hein's AutoAttack, ICML 2020, without its rescaling); ``restarts=R`` r
 per image, the first example that fools the model, else the one of highest loss (Madry et al.'s restarts).
 A restart attacks only the images no start has fooled yet (as AutoAttack's restarts do): a fooling example is
 never replaced, so the others' starts would be wasted work.
+
+``confidence=kappa`` (margin loss only) ascends min(margin, kappa), C&W's f6 with its clamp: an image (under EOT,
+a draw or member) fooled by more than kappa stops pulling the gradient, so the others drive it. Through
+:class:`nn.attacks.EOT` over K noise draws that is an attack on a K-read vote: the mean of per-draw hinges rises
+with the number of draws fooled, where the unclamped mean margin can be carried by a few draws fooled by far.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +37,8 @@ class PGD(Attack):
     """Projected gradient descent in the L-inf or L2 ball."""
 
     def __init__(self, eps: float = 0.03, alpha: float = 2 / 255, steps: int = 10, norm: str = "linf",
-                 random_start: bool = True, seed: int | None = None, loss: str = "ce", restarts: int = 1) -> None:
+                 random_start: bool = True, seed: int | None = None, loss: str = "ce", restarts: int = 1,
+                 confidence: float | None = None) -> None:
         if not 0 < eps <= 1 and norm == "linf":
             raise AttackError(f"eps={eps} must be in (0, 1] for an L-inf attack on [0, 1] images")
         if not eps > 0:
@@ -43,8 +51,10 @@ class PGD(Attack):
             raise AttackError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
         if restarts < 1 or (restarts > 1 and not random_start):
             raise AttackError(f"restarts={restarts} must be >= 1 (and > 1 only with a random start)")
+        if confidence is not None and (loss != "margin" or not math.isfinite(confidence)):
+            raise AttackError(f"confidence={confidence} needs loss='margin' and a finite value")
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
-        self.loss, self.restarts = loss, restarts
+        self.loss, self.restarts, self.confidence = loss, restarts, confidence
         self.random_start = random_start
         self.seed = seed
         self._gen: torch.Generator | None = None
@@ -66,7 +76,8 @@ class PGD(Attack):
 
     def per_image_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.loss == "margin":
-            return margin_loss(logits, labels)
+            margin = margin_loss(logits, labels)
+            return margin if self.confidence is None else margin.clamp(max=self.confidence)
         return F.cross_entropy(logits, labels, reduction="none")
 
     def judge(self, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
@@ -96,7 +107,7 @@ class PGD(Attack):
 
     def one_start(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One run of PGD from a (random) start."""
-        loss_fn = (lambda z, t: margin_loss(z, t).sum()) if self.loss == "margin" else None
+        loss_fn = (lambda z, t: self.per_image_loss(z, t).sum()) if self.loss == "margin" else None
         delta = torch.zeros_like(images)
         if self.random_start:
             u = torch.rand(images.shape, generator=self._generator(images.device), device=images.device,
