@@ -146,7 +146,7 @@ def main() -> None:
         survive.mul_(right)
         rows.append((f"{name} (scored: right clean and attacked)", 100 * float(right.float().mean())))
         if draws is not None:
-            draws.score(adv)
+            draws.score(adv, name)
 
     if args.square_only and args.margin_only:
         ap.error("--square-only and --margin-only: choose one")
@@ -250,26 +250,37 @@ def attack_mean_field(args: argparse.Namespace, model: torch.nn.Module, x: torch
 class Draws:
     """The per-image ensemble scored under K read-noise draws (the scoring draw 12345 and K - 1 more): an image
     counts under a draw if that draw reads it right clean and under every attack; under the majority vote if the
-    vote of its K readings is right clean and under every attack."""
+    vote of its K readings is right clean and under every attack. Each attack is also scored alone under the vote
+    (right clean and under that attack)."""
 
     def __init__(self, model: torch.nn.Module, y: torch.Tensor, k: int, batch: int):
         self.model, self.y, self.seeds, self.batch = model, y, [12345] + [54321 + i for i in range(k - 1)], batch
         self.per_draw = torch.ones(k, len(y), dtype=torch.bool)
         self.majority = torch.ones(len(y), dtype=torch.bool)
+        self.clean_majority: torch.Tensor | None = None
+        self.alone: list[tuple[str, float]] = []
 
-    def score(self, images: torch.Tensor) -> None:
+    def score(self, images: torch.Tensor, name: str = "") -> None:
         preds = []
         for seed in self.seeds:
             for layer in cim_layers(self.model):
                 layer.set_noise_seed(seed)
             preds.append(predict(self.model, images, self.batch))
         p = torch.stack(preds)
+        right = torch.mode(p, 0).values == self.y
         self.per_draw &= p == self.y
-        self.majority &= torch.mode(p, 0).values == self.y
+        self.majority &= right
+        if self.clean_majority is None:
+            self.clean_majority = right
+        else:
+            self.alone.append((name, 100 * float((right & self.clean_majority).float().mean())))
 
     def rows(self) -> list[tuple[str, float]]:
         k, acc = len(self.seeds), 100 * self.per_draw.float().mean(1)
-        return [(f"ensemble under each of {k} noise draws: mean (min-max {acc.min():.1f}-{acc.max():.1f})",
+        assert self.clean_majority is not None
+        return [(f"clean, under the majority vote of {k} draws", 100 * float(self.clean_majority.float().mean())),
+                *((f"{name}: alone, under the majority vote of {k} draws", v) for name, v in self.alone),
+                (f"ensemble under each of {k} noise draws: mean (min-max {acc.min():.1f}-{acc.max():.1f})",
                  float(acc.mean())),
                 (f"ensemble: right under all {k} draws (an attacker who may submit each example {k} times)",
                  100 * float(self.per_draw.all(0).float().mean())),
