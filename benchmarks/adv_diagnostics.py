@@ -150,6 +150,7 @@ def main() -> None:
 
     if args.square_only and args.margin_only:
         ap.error("--square-only and --margin-only: choose one")
+
     def vote() -> None:
         if args.vote:
             pgd = PGD(eps, alpha / 2, 50, seed=12, loss="margin", restarts=args.restarts, confidence=args.vote_kappa)
