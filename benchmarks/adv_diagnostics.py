@@ -136,9 +136,7 @@ def main() -> None:
     survive = ok.clone()
     if args.no_probes:  # (the probes print it)
         rows.append(("clean", 100 * float(ok.float().mean())))
-    draws = Draws(model, y, args.score_draws, args.images) if args.score_draws > 1 else None
-    if draws is not None:
-        draws.score(x)
+    draws = Draws(model, x, y, args.score_draws, args.images) if args.score_draws > 1 else None
 
     def scored(name: str, adv: torch.Tensor) -> None:
         same_noise()
@@ -254,31 +252,30 @@ class Draws:
     vote of its K readings is right clean and under every attack. Each attack is also scored alone under the vote
     (right clean and under that attack)."""
 
-    def __init__(self, model: torch.nn.Module, y: torch.Tensor, k: int, batch: int):
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, batch: int):
         self.model, self.y, self.seeds, self.batch = model, y, [12345] + [54321 + i for i in range(k - 1)], batch
-        self.per_draw = torch.ones(k, len(y), dtype=torch.bool)
-        self.majority = torch.ones(len(y), dtype=torch.bool)
-        self.clean_majority: torch.Tensor | None = None
+        self.per_draw, self.majority = self._right(x)
+        self.clean_majority = self.majority.clone()
         self.alone: list[tuple[str, float]] = []
 
-    def score(self, images: torch.Tensor, name: str = "") -> None:
+    def _right(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: right under each draw [K, N], and under the majority vote [N]."""
         preds = []
         for seed in self.seeds:
             for layer in cim_layers(self.model):
                 layer.set_noise_seed(seed)
             preds.append(predict(self.model, images, self.batch))
         p = torch.stack(preds)
-        right = torch.mode(p, 0).values == self.y
-        self.per_draw &= p == self.y
+        return p == self.y, torch.mode(p, 0).values == self.y
+
+    def score(self, images: torch.Tensor, name: str) -> None:
+        per_draw, right = self._right(images)
+        self.per_draw &= per_draw
         self.majority &= right
-        if self.clean_majority is None:
-            self.clean_majority = right
-        else:
-            self.alone.append((name, 100 * float((right & self.clean_majority).float().mean())))
+        self.alone.append((name, 100 * float((right & self.clean_majority).float().mean())))
 
     def rows(self) -> list[tuple[str, float]]:
         k, acc = len(self.seeds), 100 * self.per_draw.float().mean(1)
-        assert self.clean_majority is not None
         return [(f"clean, under the majority vote of {k} draws", 100 * float(self.clean_majority.float().mean())),
                 *((f"{name}: alone, under the majority vote of {k} draws", v) for name, v in self.alone),
                 (f"ensemble under each of {k} noise draws: mean (min-max {acc.min():.1f}-{acc.max():.1f})",

@@ -198,6 +198,8 @@ def test_pgd_confidence_is_a_hinge_that_lets_the_unfooled_member_drive(float_mod
         PGD(confidence=0.0)  # cross-entropy has no margin to clamp
     with pytest.raises(AttackError, match="confidence"):
         PGD(loss="margin", confidence=float("inf"))
+    with pytest.raises(AttackError, match="confidence"):
+        PGD(loss="margin", confidence=-1.0)
     still = PGD(eps=0.05, alpha=0.01, steps=5, loss="margin", random_start=False, confidence=0.0)(model, x, wrong)
     assert torch.equal(still, x)
     moved = PGD(eps=0.05, alpha=0.01, steps=5, loss="margin", random_start=False)(model, x, wrong)

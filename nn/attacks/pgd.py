@@ -51,8 +51,8 @@ class PGD(Attack):
             raise AttackError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
         if restarts < 1 or (restarts > 1 and not random_start):
             raise AttackError(f"restarts={restarts} must be >= 1 (and > 1 only with a random start)")
-        if confidence is not None and (loss != "margin" or not math.isfinite(confidence)):
-            raise AttackError(f"confidence={confidence} needs loss='margin' and a finite value")
+        if confidence is not None and (loss != "margin" or not 0 <= confidence < math.inf):
+            raise AttackError(f"confidence={confidence} needs loss='margin' and a finite value >= 0 (as C&W's)")
         self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
         self.loss, self.restarts, self.confidence = loss, restarts, confidence
         self.random_start = random_start
