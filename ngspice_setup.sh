@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything cimcosim needs on Debian/Ubuntu; safe to re-run (each step checks before it acts).
 #   apt: ngspice, libngspice0, libngspice0-dev (the unversioned libngspice.so PySpice loads),
-#        dataset-fashion-mnist (the embedded default dataset)
+#        dataset-fashion-mnist (the embedded default dataset), gcc (the fused engine's AVX-512 readout)
 #   .venv: torch (CPU 2.13.0 where it is on disk), the project with its dev extra, openram==1.2.48
 #          (no dependencies: only its FreePDK45 model cards are used)
 # Ends with a one-resistor ngspice operating point through PySpice to prove the chain works.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(ngspice libngspice0 libngspice0-dev dataset-fashion-mnist)
+APT_PACKAGES=(ngspice libngspice0 libngspice0-dev dataset-fashion-mnist gcc)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -43,6 +43,15 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 "${PIP[@]}" install -e ".[dev]"
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('openram') is None)" || "${PIP[@]}" install --no-deps "openram==1.2.48"
+
+# The fused engine's optional AVX-512 readout (nn/_simd.py says when it runs; without it, numba's code runs).
+if [ ! nn/libcimsimd.so -nt nn/_simd.c ]; then
+  if cc -O3 -ffp-contract=off -shared -fPIC -o nn/libcimsimd.so.tmp nn/_simd.c; then
+    mv nn/libcimsimd.so.tmp nn/libcimsimd.so
+  else
+    echo "ngspice_setup.sh: could not compile nn/_simd.c; the fused engine will run its numba code only" >&2
+  fi
+fi
 
 .venv/bin/python - <<'PY'
 import logging

@@ -7,7 +7,8 @@ and with a noise table (P(code | psum), the same Gaussian, through the table pat
 forward and the engine's own chunked matmuls (bench_cim.matmul_bounds); multi-level inputs (one 8-bit
 drive per row, one ADC read per tile: partial sums from an int8 matmul, read through bucket tables); on the
 CPU also the Gaussian chip through the row-by-row cut kernel (``gaussian_rows``: the kernel before
-nn/fused_columns.py read chips' per-column cuts column by column). Prints RESULT lines last. With
+nn/fused_columns.py read chips' per-column cuts column by column) and, where nn/_simd.c's AVX-512 code runs,
+column by column with numba's codes (``gaussian_numba``). Prints RESULT lines last. With
 ``--device cuda`` every model runs the pure-torch path (the fused engine is
 CPU-only: "fused" and "reference" are then the same code), timed with a synchronize around each call;
 ``--sync-check`` runs one more forward of each model under ``torch.cuda.set_sync_debug_mode("warn")`` and
@@ -30,7 +31,7 @@ import torch
 from bench_cim import _peak_gib, _time, add_device_arg, check_device, matmul_bounds
 from scipy.stats import norm
 
-from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model, fused
+from nn import ADCConfig, ArrayConfig, CIMConfig, QuantConfig, cim_layers, create_model, fused, fused_columns
 
 
 def _gaussian_table(psum_max: int, n_codes: int, sigma: float) -> tuple[tuple[float, ...], ...]:
@@ -105,6 +106,8 @@ def main() -> None:
     }
     if dev == "cpu":  # the Gaussian chip through the row-by-row cut kernel (before nn/fused_columns.py)
         models["gaussian_rows"] = _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True)
+        if fused_columns.SIMD:  # ... and column by column with numba's codes (before nn/_simd.c)
+            models["gaussian_numba"] = _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True)
     ref.to(dev)
     for m in models.values():
         m.to(dev)
@@ -112,10 +115,12 @@ def main() -> None:
           f"{torch.get_num_threads()} device {dev} batch {args.batch} runs {args.runs} chunk_elements "
           f"{base.runtime.chunk_elements}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else ""))
     with torch.no_grad():
+        simd = fused_columns.SIMD
         for name, m in models.items():
-            fused._COLUMN_CUTS = name != "gaussian_rows"  # (read when a layer builds its tables)
+            fused._COLUMN_CUTS = name != "gaussian_rows"  # (both read when a layer builds its tables)
+            fused_columns.SIMD = simd and name != "gaussian_numba"
             m(x)  # warm-up: numba compilation, weight packing, tables
-        fused._COLUMN_CUTS = True
+        fused._COLUMN_CUTS, fused_columns.SIMD = True, simd
     times: dict[str, list[float]] = {k: [] for k in [*models, "float", "chunked", "bound"]}
     for _ in range(args.runs):
         with torch.no_grad():
@@ -144,6 +149,8 @@ def main() -> None:
     print(f"RESULT cim_multilevel_vs_float={med['multilevel'] / med['float']:.1f}")
     if "gaussian_rows" in med:
         print(f"RESULT column_cuts_speedup_gaussian={med['gaussian_rows'] / med['gaussian']:.2f}")
+    if "gaussian_numba" in med:
+        print(f"RESULT simd_codes_speedup_gaussian={med['gaussian_numba'] / med['gaussian']:.2f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINE_SOURCES = ("_numba_prims.py", "fused_noise.py", "fused_pack.py", "fused_buckets.py", "fused.py")
+ENGINE_SOURCES = ("_numba_prims.py", "_simd.py", "fused_noise.py", "fused_pack.py", "fused_buckets.py",
+                  "fused_columns.py", "fused.py")
 """The files whose numba functions inline each other (one cache key for all of them)."""
 
 try:  # numba is a dependency of the project; without it the engine falls back to the torch path

@@ -446,7 +446,7 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     serial = quant.input_mode == "bit_serial"
     if mode == MODE_CUT_COLUMNS:
         fused_columns.kernel_cuts_columns(xw, wp, wm, signed, xnor, ssum, bitw_int, n, lo, thr, lev, colw, sigma, cdf,
-                                          seed, *cut, _BLOCK, out)  # type: ignore[call-arg]
+                                          seed, *cut, lut, _BLOCK, out)  # type: ignore[call-arg]
     elif mode == MODE_CUTS:
         _kernel_cuts(xw, wp, wm, signed, xnor, ssum, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed,
                      *cut, out)  # type: ignore[call-arg]
@@ -575,7 +575,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
                 by_column = _COLUMN_CUTS and flat_shift is not None and cfg.quant.input_mode == "bit_serial"
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                tables = MODE_CUT_COLUMNS if by_column else MODE_CUTS, empty3, cut_thr, no_code0, empty2, cuts, s_lo
+                lanes = fused_columns.lane_tables(cuts) if by_column else empty3  # (in the lookup table's slot)
+                tables = MODE_CUT_COLUMNS if by_column else MODE_CUTS, lanes, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:
                     table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
                 return tables

@@ -21,15 +21,32 @@ Measured on the benchmark's VGG-8 layers (one thread, quiet machine): 4.34 -> 3.
 a batch-16 forward (per reading: partial sums and random bits 0.38 ns, gather and code 1.8 ns, add 0.55 ns). A
 measured noise table (one row of cuts shared by every column, already in L1) stays on
 :func:`nn.fused._kernel_cuts`, which skips the partial sums of all-zero planes and was faster there.
+
+Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; tables of at most 64 partial sums), a column's codes and
+its additions are done there instead: the cut table as per-column lane tables held in registers (one permute
+per cut for 32 readings, no gathers) and the additions vectorized over the block's rows (readings are
+plane-major, i = plane x rows + row, for that). Same codes, same float order: the output is bit for bit that
+of the numba code (tested). Kernel time of the benchmark's noisy layers, one thread: numba 2.1-2.5 s, AVX-512
+1.2-1.3 s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from nn import _simd
 from nn._numba_prims import AVAILABLE
 
 GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
+SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
+
+
+def lane_tables(cuts: np.ndarray) -> np.ndarray:
+    """The kernel's ``lanes`` argument for by-column cuts [T, C, n_s, 2]: their lane tables where the AVX-512
+    code runs and holds them (:data:`SIMD`, n_s <= 64), else an empty [0, 0, 8, 64] (the numba code)."""
+    if SIMD and cuts.shape[2] <= _simd.MAX_ENTRIES:
+        return _simd.lane_tables(cuts)
+    return np.zeros((0, 0, 8, _simd.MAX_ENTRIES), np.uint16)
 
 if AVAILABLE:
     from numba import njit, prange
@@ -78,13 +95,17 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True)
     def kernel_cuts_columns(xw, wp, wm, minus, xnor, ssum, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
-                            cuts, s_lo, block, out):
+                            cuts, s_lo, lanes, block, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
-        (every tile and column its own)."""
+        (every tile and column its own). ``lanes``: the cuts as lane tables [T, C, 8, 64]
+        (:func:`nn._simd.lane_tables`), read by the AVX-512 code, or empty [0, 0, 8, 64] for the numba code."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
+        n_s = cuts.shape[2]
+        simd = lanes.shape[0] > 0
         kstep = np.uint64(planes)
+        bw = bitw_int.astype(np.float64)
         for blk in prange((m_rows + block - 1) // block):
             m0 = blk * block
             nb = min(block, m_rows - m0)
@@ -96,31 +117,42 @@ if AVAILABLE:
             code, slow = np.empty(n_r, np.int64), np.empty(n_r, np.bool_)
             e = np.empty((2, n_r), np.uint64)
             for t in range(tiles):
-                for mi in range(nb):
+                for mi in range(nb):  # readings plane-major: i = p * nb + mi
                     for p in range(planes):
                         for k in range(n_words):
-                            xb[k, mi * planes + p] = xw[m0 + mi, t, p, k]
+                            xb[k, p * nb + mi] = xw[m0 + mi, t, p, k]
                 for g in range(0, cols, GROUP):
                     for mi in range(nb):  # the group's random words: column g's reading keys
                         key0 = np.uint64(((m0 + mi) * tiles + t) * cols * planes + g * planes)
                         for p in range(planes):
-                            words[mi * planes + p] = _bits(seed, key0 + np.uint64(p), 0)
+                            words[p * nb + mi] = _bits(seed, key0 + np.uint64(p), 0)
                     for c in range(g, min(g + GROUP, cols)):
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
-                        if _column_codes(s, words, c - g, cuts, t, c, s_lo, e, code, slow):
+                        if simd:
+                            any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
+                                                          lanes[t, c].ctypes.data, s_lo, n_s, n_r,
+                                                          code.ctypes.data, slow.ctypes.data) != 0
+                        else:
+                            any_slow = _column_codes(s, words, c - g, cuts, t, c, s_lo, e, code, slow)
+                        if any_slow:
                             for i in range(n_r):
                                 if slow[i]:
-                                    mi, p = i // planes, i % planes
+                                    mi, p = i % nb, i // nb
                                     key = np.uint64(((m0 + mi) * tiles + t) * cols * planes + p) + np.uint64(c) * kstep
                                     u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1)) & np.uint64(0x7FFF))
-                                    code[i] = fused_noise._slow_code(u15, s[i], t, c, s[i] - lo,
-                                                                     np.int64(e[1, i] >> np.uint64(48)),
+                                    base = cuts[t, c, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48)
+                                    code[i] = fused_noise._slow_code(u15, s[i], t, c, s[i] - lo, np.int64(base),
                                                                      seed, key, thr, sigma, cdf)
-                        w = colw[c]
-                        for p in range(planes):  # per output the additions run in plane order, as in _kernel_cuts
-                            bw = np.float64(bitw_int[p])
-                            for mi in range(nb):
-                                acc[c, mi] += bw * lev[code[mi * planes + p]] * w
+                        # per output the additions run in plane order, as in _kernel_cuts
+                        if simd:
+                            _simd.column_add(code.ctypes.data, nb, planes, bw.ctypes.data, lev.ctypes.data,
+                                             lev.shape[0], colw[c], acc[c].ctypes.data)
+                        else:
+                            w = colw[c]
+                            for p in range(planes):
+                                bwp = bw[p]
+                                for mi in range(nb):
+                                    acc[c, mi] += bwp * lev[code[p * nb + mi]] * w
             for mi in range(nb):
                 for n in range(n_out):
                     v = 0.0

@@ -18,8 +18,10 @@ from nn import (
     CIMLinear,
     QuantConfig,
     RuntimeConfig,
+    _simd,
     fused,
     fused_buckets,
+    fused_columns,
     fused_pack,
 )
 from nn.adc import adc_read, adc_tables, sar_effective_thresholds
@@ -288,10 +290,11 @@ def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit
                                                                 [False, True], ["flash", "sar"], [False, True])
                                   if not (c[4] and c[2] < 2) and not (c[6] and not c[3])][::5])
 def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, monkeypatch):
-    """nn/fused_columns.py (a chip's per-column Gaussian cuts, read column by column) gives the output of
-    the row-by-row cut kernel bit for bit: the same readings, random bits, slow-path draws and order of the
-    float additions; over weight / cell / input bits, signed columns and inputs, Flash and SAR, XNOR rows, and
-    more rows than one block and columns not a multiple of the four that share a random word."""
+    """nn/fused_columns.py (a chip's per-column Gaussian cuts, read column by column, by nn/_simd.c's AVX-512
+    code where it runs and by numba's) gives the output of the row-by-row cut kernel bit for bit: the same
+    readings, random bits, slow-path draws and order of the float additions; over weight / cell / input bits,
+    signed columns and inputs, Flash and SAR, XNOR rows, and more rows than one block and columns not a
+    multiple of the four that share a random word."""
     wb, cb, ib, signed, signed_in, kind, xnor = case
     adc = ADCConfig(bits=4, kind=kind, noise_sigma=0.4, psum_max=15.0)
     cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=24, cell_bits=cb, signed_psum=signed, xnor=xnor, n_macros=2,
@@ -304,13 +307,16 @@ def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, mo
     x[:5, :30] = 0  # all-zero planes
     x_int, _, w_int, _ = layer.quantize(x)
     outs = []
-    for columns in (True, False):
+    for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
         monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
+        monkeypatch.setattr(fused_columns, "SIMD", simd)
         layer._table_cache.clear()
         layer.set_noise_seed(5)
         outs.append(layer.chip_matmul(x_int, w_int))
-        assert layer._table_cache["fused_tables"][0] == (fused.MODE_CUT_COLUMNS if columns else fused.MODE_CUTS)
-    assert torch.equal(outs[0], outs[1])
+        tables = layer._table_cache["fused_tables"]
+        assert tables[0] == (fused.MODE_CUT_COLUMNS if columns else fused.MODE_CUTS)
+        assert not columns or (tables[1].shape[0] > 0) == simd  # (lane tables: nn/_simd.c reads and adds)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
     assert not torch.equal(outs[0], layer.chip_matmul(x_int, w_int))  # (the draws are live: a new seed differs)
 
 

@@ -1,0 +1,131 @@
+/* Optional AVX-512 readout of the fused engine (nn/_simd.py loads it; nn/fused_columns.py calls it).
+ *
+ * cim_column_codes: the codes of one column's noisy readings through its cut entries, as
+ * nn.fused_columns._column_codes computes them (the same codes and slow-path flags, bit for bit; tested),
+ * with the column's cut table held in registers. The table comes transposed, ``lanes`` [8][64] uint16:
+ * lane j < 7 of row r is cut j of partial-sum index r (nn.fused_noise: P(code < base + j) in 15 bits), lane 7
+ * is ``base``; 32 readings at a time, each lane is looked up for all of them by one two-register permute
+ * (vpermi2w over 64 entries), so no reading gathers from memory. Reading i: r = clamp(s[i] - s_lo, 0,
+ * n_s - 1), u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j};
+ * slow when u < cut_0, u >= cut_6 or u equals a cut. Needs n_s <= 64.
+ *
+ * cim_column_add: a column's weighted readings added into its accumulators, in numba's order and rounding.
+ *
+ * Built by ngspice_setup.sh: cc -O3 -ffp-contract=off -shared -fPIC -o nn/libcimsimd.so nn/_simd.c (any CPU; the
+ * AVX-512 code runs only where cim_simd_level() says the CPU has it). The AVX-512 functions also carry
+ * optimize("fp-contract=off"): a multiply and an add fused into one FMA would change the sums' last bits.
+ */
+#include <stdint.h>
+
+#define CIM_SIMD_ABI 2
+
+int64_t cim_simd_abi(void) { return CIM_SIMD_ABI; }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), optimize("fp-contract=off")))
+
+int64_t cim_simd_level(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+           && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+static inline AVX512 __mmask8 first(int64_t left)
+{
+    return left >= 8 ? (__mmask8)0xFF : (left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1u));
+}
+
+/* 32 readings' 16-bit (r, u) from 4 x 8 int64 partial sums and random words (masked past n). */
+static inline AVX512 void load32(const int64_t *s, const uint64_t *words, int64_t left, __m512i lo, __m512i top,
+                                 __m128i sh, __m512i *r, __m512i *u)
+{
+    const __m512i zero = _mm512_setzero_si512(), m15 = _mm512_set1_epi64(0x7FFF);
+    __m128i rr[4], uu[4];
+    for (int q = 0; q < 4; q++) {
+        __mmask8 m = first(left - 8 * q);
+        __m512i sv = _mm512_maskz_loadu_epi64(m, s + 8 * q);
+        rr[q] = _mm512_cvtepi64_epi16(_mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(sv, lo), zero), top));
+        __m512i wv = _mm512_maskz_loadu_epi64(m, words + 8 * q);
+        uu[q] = _mm512_cvtepi64_epi16(_mm512_and_si512(_mm512_srl_epi64(wv, sh), m15));
+    }
+    *r = _mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(rr[0]), rr[1], 1),
+                                               rr[2], 2), rr[3], 3);
+    *u = _mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(uu[0]), uu[1], 1),
+                                               uu[2], 2), uu[3], 3);
+}
+
+AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *lanes,
+                                int64_t s_lo, int64_t n_s, int64_t n, int64_t *code, uint8_t *slow)
+{
+    __m512i a[8], b[8];
+    for (int j = 0; j < 8; j++) {
+        a[j] = _mm512_loadu_si512((const void *)(lanes + 64 * j));
+        b[j] = _mm512_loadu_si512((const void *)(lanes + 64 * j + 32));
+    }
+    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(n_s - 1), one = _mm512_set1_epi16(1);
+    const __m128i sh = _mm_cvtsi64_si128(16 * lane + 1);
+    uint64_t any = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += 32) {
+        int64_t left = n - i0;
+        __m512i r, u;
+        load32(s + i0, words + i0, left, lo, top, sh, &r, &u);
+        __m512i c = _mm512_permutex2var_epi16(a[7], r, b[7]);
+        __m512i cut = _mm512_permutex2var_epi16(a[0], r, b[0]);
+        __mmask32 bad = _mm512_cmplt_epu16_mask(u, cut) | _mm512_cmpeq_epi16_mask(u, cut);
+        for (int j = 1; j < 6; j++) {
+            cut = _mm512_permutex2var_epi16(a[j], r, b[j]);
+            c = _mm512_mask_add_epi16(c, _mm512_cmpge_epu16_mask(u, cut), c, one);
+            bad |= _mm512_cmpeq_epi16_mask(u, cut);
+        }
+        cut = _mm512_permutex2var_epi16(a[6], r, b[6]);
+        bad |= _mm512_cmpge_epu16_mask(u, cut);
+        __mmask32 valid = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
+        bad &= valid;
+        any |= bad;
+#define STORE8(q) _mm512_mask_storeu_epi64(code + i0 + 8 * (q), first(left - 8 * (q)), \
+                                         _mm512_cvtepu16_epi64(_mm512_extracti64x2_epi64(c, (q))))
+        STORE8(0); STORE8(1); STORE8(2); STORE8(3);
+#undef STORE8
+        _mm256_mask_storeu_epi8(slow + i0, valid, _mm256_movm_epi8(bad));
+    }
+    return any != 0;
+}
+
+/* acc[mi] += (bw[p] * lev[code[p * nb + mi]]) * w for p = 0 .. planes - 1 in this order, mi < nb: a column's
+ * weighted readings added into its accumulators (plane-major readings; multiply, multiply, add, each rounded,
+ * as numba's loop does them: no FMA). Levels up to 32 are looked up in registers, more gathered. */
+AVX512 void cim_column_add(const int64_t *code, int64_t nb, int64_t planes, const double *bw, const double *lev,
+                           int64_t n_lev, double w, double *acc)
+{
+    __m512d l[4];
+    for (int q = 0; q < 4; q++)
+        l[q] = _mm512_maskz_loadu_pd(first(n_lev - 8 * q), lev + 8 * q);
+    const __m512d wv = _mm512_set1_pd(w);
+    const __m512i sixteen = _mm512_set1_epi64(16);
+    for (int64_t m0 = 0; m0 < nb; m0 += 8) {
+        __mmask8 m = first(nb - m0);
+        __m512d a = _mm512_maskz_loadu_pd(m, acc + m0);
+        for (int64_t p = 0; p < planes; p++) {
+            __m512i idx = _mm512_maskz_loadu_epi64(m, code + p * nb + m0);
+            __m512d v;
+            if (n_lev <= 32) {
+                __mmask8 high = _mm512_cmpge_epi64_mask(idx, sixteen);
+                v = _mm512_mask_blend_pd(high, _mm512_permutex2var_pd(l[0], idx, l[1]),
+                                         _mm512_permutex2var_pd(l[2], idx, l[3]));
+            } else {
+                v = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), m, idx, lev, 8);
+            }
+            a = _mm512_add_pd(a, _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(bw[p]), v), wv));
+        }
+        _mm512_mask_storeu_pd(acc + m0, m, a);
+    }
+}
+
+#else
+
+int64_t cim_simd_level(void) { return 0; }
+
+#endif

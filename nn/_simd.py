@@ -1,0 +1,124 @@
+"""The fused engine's optional AVX-512 readout (``nn/_simd.c``), loaded for numba's kernels to call.
+
+``ngspice_setup.sh`` compiles ``nn/_simd.c`` into ``nn/libcimsimd.so`` with the system C compiler. Where that library
+is present, current (its ABI number matches) and the CPU has AVX-512 (F, BW, VL, DQ), its symbols are loaded
+into numba's symbol table and :data:`ENABLED` is true: :mod:`nn.fused_columns` then reads a chip's noisy
+Gaussian readings through :func:`column_codes` (the cut table held in registers). Otherwise the kernels keep
+their numba code and the engine's results do not change: both paths give the same codes bit for bit (tested).
+
+The kernel always links against the library's symbols; where the library is not loaded they resolve to numba
+``cfunc`` s with the same contract (:func:`_column_codes_scalar`, :func:`_column_add_scalar`), which the engine
+then never calls (it passes no lane tables); the tests compare both implementations with the numba readout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nn._numba_prims import AVAILABLE
+
+logger = logging.getLogger(__name__)
+
+ABI = 2  # CIM_SIMD_ABI of nn/_simd.c
+LIBRARY = Path(__file__).with_name("libcimsimd.so")
+MAX_ENTRIES = 64  # partial sums a lane table holds (one vpermi2w: two 32-lane registers)
+
+
+def _load() -> bool:
+    """Load nn/libcimsimd.so into numba's symbol table if it is usable here; say why not otherwise."""
+    if os.environ.get("CIMCOSIM_SIMD", "1") == "0":
+        logger.info("CIMCOSIM_SIMD=0: the fused engine runs its numba readout only")
+        return False
+    if not LIBRARY.exists():
+        logger.info("%s is not built (./ngspice_setup.sh builds it): the fused engine runs its numba readout",
+                    LIBRARY)
+        return False
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+        abi, level = int(lib.cim_simd_abi()), int(lib.cim_simd_level())
+    except (OSError, AttributeError) as exc:
+        logger.warning("cannot load %s (%s); rebuild it with ./ngspice_setup.sh", LIBRARY, exc)
+        return False
+    if abi != ABI:
+        logger.warning("%s is stale (ABI %d, this code needs %d); rebuild it with ./ngspice_setup.sh",
+                       LIBRARY, abi, ABI)
+        return False
+    if level < 1:
+        logger.info("this CPU lacks AVX-512 (F, BW, VL, DQ): the fused engine runs its numba readout")
+        return False
+    import llvmlite.binding as llvm
+
+    llvm.load_library_permanently(str(LIBRARY))
+    return True
+
+
+ENABLED = AVAILABLE and _load()
+
+if AVAILABLE:
+    from numba import carray, cfunc, types
+
+    def _column_codes_scalar(s_p, words_p, lane, lanes_p, s_lo, n_s, n, code_p, slow_p):
+        """``cim_column_codes`` of nn/_simd.c, one reading at a time."""
+        s, words = carray(s_p, (n,)), carray(words_p, (n,))
+        lanes, code, slow = carray(lanes_p, (8, MAX_ENTRIES)), carray(code_p, (n,)), carray(slow_p, (n,))
+        sh = np.uint64(16 * lane + 1)
+        any_slow = 0
+        for i in range(n):
+            r = min(max(s[i] - s_lo, 0), n_s - 1)
+            u = (words[i] >> sh) & np.uint64(0x7FFF)
+            k = np.int64(lanes[7, r])
+            bad = u < lanes[0, r] or u >= lanes[6, r]
+            for j in range(7):
+                bad = bad or u == lanes[j, r]
+                if 1 <= j <= 5 and u >= lanes[j, r]:
+                    k += 1
+            code[i] = k
+            slow[i] = 1 if bad else 0
+            any_slow |= slow[i]
+        return np.int64(any_slow)
+
+    def _column_add_scalar(code_p, nb, planes, bw_p, lev_p, n_lev, w, acc_p):
+        """``cim_column_add`` of nn/_simd.c, one reading at a time."""
+        code, bw = carray(code_p, (nb * planes,)), carray(bw_p, (planes,))
+        lev, acc = carray(lev_p, (n_lev,)), carray(acc_p, (nb,))
+        for p in range(planes):
+            for mi in range(nb):
+                acc[mi] += bw[p] * lev[code[p * nb + mi]] * w
+
+    _i64, _f64, _ptr = types.int64, types.float64, types.CPointer
+    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _i64, _ptr(_i64),
+                          _ptr(types.uint8)), _column_codes_scalar)
+    _ADD = types.void(_ptr(_i64), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
+
+    def _external(name: str, sig, scalar):  # noqa: ANN001, ANN202 - numba signatures
+        """numba's declaration of the C function ``name`` (pointers passed as ``array.ctypes.data``); where the
+        library is not loaded the symbol resolves to ``scalar`` compiled as a ``cfunc``."""
+        if not ENABLED:
+            import llvmlite.binding as llvm
+
+            llvm.add_symbol(name, cfunc(sig, cache=True)(scalar).address)
+        return types.ExternalFunction(name, sig.return_type(*(types.voidptr if isinstance(a, types.CPointer) else a
+                                                              for a in sig.args)))
+
+    column_codes = _external("cim_column_codes", *_CODES)
+    """``cim_column_codes(s, words, lane, lanes, s_lo, n_s, n, code, slow) -> any slow``."""
+    column_add = _external("cim_column_add", *_ADD)
+    """``cim_column_add(code, nb, planes, bw, lev, n_lev, w, acc)``."""
+
+
+def lane_tables(cuts: np.ndarray) -> np.ndarray:
+    """Per-column lane tables [T, C, 8, 64] uint16 of by-column cut entries ``cuts`` [T, C, n_s, 2] (n_s <= 64):
+    lane j of row r is the entry's 16-bit lane j (cuts 0-6, then ``base``); rows past n_s repeat the last."""
+    tiles, cols, n_s, _ = cuts.shape
+    if n_s > MAX_ENTRIES:
+        raise ValueError(f"lane tables hold at most {MAX_ENTRIES} partial sums, not {n_s}")
+    entries = np.ascontiguousarray(cuts).view(np.uint16).reshape(tiles, cols, n_s, 8)
+    out = np.empty((tiles, cols, 8, MAX_ENTRIES), np.uint16)
+    out[..., :n_s] = entries.transpose(0, 1, 3, 2)
+    out[..., n_s:] = out[..., n_s - 1 : n_s]
+    return out
