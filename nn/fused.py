@@ -553,8 +553,9 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         median = torch.searchsorted(cdf, torch.full((cdf.shape[0], 1), 0.5, dtype=cdf.dtype), right=True)
         ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
         cdf_padded = np.ascontiguousarray(torch.cat([-ends, cdf, 2 * ends], -1).numpy())
-        cuts = fused_noise.table_cuts(cdf_padded, median.reshape(-1).numpy())
-        tables = MODE_CUTS, empty3, empty3, no_code0, cdf_padded, cuts, lo
+        columns, lanes, cuts = fused_columns.plan(fused_noise.table_cuts(cdf_padded, median.reshape(-1).numpy()),
+                                                  False, _COLUMN_CUTS and cfg.quant.input_mode == "bit_serial")
+        tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, lanes, empty3, no_code0, cdf_padded, cuts, lo
     elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
         tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo
@@ -573,10 +574,11 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
             s_lo, n_s = fused_noise.gaussian_range(cut_thr, sigma, lo, hi)
             if sigma <= 0.6 * spacing and cut_thr.shape[0] * cut_thr.shape[1] * n_s <= fused_noise.MAX_ENTRIES:
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
-                by_column = _COLUMN_CUTS and flat_shift is not None and cfg.quant.input_mode == "bit_serial"
+                serial = _COLUMN_CUTS and cfg.quant.input_mode == "bit_serial"
+                by_column = serial and flat_shift is not None
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                lanes = fused_columns.lane_tables(cuts) if by_column else empty3  # (in the lookup table's slot)
-                tables = MODE_CUT_COLUMNS if by_column else MODE_CUTS, lanes, cut_thr, no_code0, empty2, cuts, s_lo
+                columns, lanes, cuts = fused_columns.plan(cuts, by_column, serial)  # (lanes: the lookup table's slot)
+                tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, lanes, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:
                     table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
                 return tables

@@ -41,6 +41,33 @@ GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
 SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
 
 
+def shared_columns(cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(cuts [1, 1, n, 2], their lane tables) of cuts [1, n_s, 1, 2] that every column shares (a noise table,
+    Gaussian noise without offsets) for the AVX-512 column kernel, or None where it does not run or the table
+    is too long for it. The trailing entries equal to the last one are cut off: a clamped partial sum reads the
+    same entry, so the readings do not change."""
+    rows = cuts.reshape(-1, 2)
+    n = rows.shape[0]
+    while n > 1 and (rows[n - 2] == rows[-1]).all():
+        n -= 1
+    if not SIMD or n > _simd.MAX_ENTRIES:
+        return None
+    kept = np.ascontiguousarray(rows[:n]).reshape(1, 1, n, 2)
+    return kept, _simd.lane_tables(kept)
+
+
+def plan(cuts: np.ndarray, per_column: bool, serial: bool) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(whether this kernel reads them, its ``lanes``, its ``cuts``) for cut tables ``cuts``: a chip's per-column
+    cuts [T, C, n_s, 2] (laid out by column) of bit-serial readings always, shared cuts [1, n_s, 1, 2] where
+    :func:`shared_columns` takes them; otherwise the row kernel reads them (lanes empty)."""
+    if per_column:
+        return True, lane_tables(cuts), cuts
+    shared = shared_columns(cuts) if serial else None
+    if shared is None:
+        return False, np.zeros((0, 0, 8, _simd.MAX_ENTRIES), np.uint16), cuts
+    return True, shared[1], shared[0]
+
+
 def lane_tables(cuts: np.ndarray) -> np.ndarray:
     """The kernel's ``lanes`` argument for by-column cuts [T, C, n_s, 2]: their lane tables where the AVX-512
     code runs and holds them (:data:`SIMD`, n_s <= 64), else an empty [0, 0, 8, 64] (the numba code)."""
@@ -98,8 +125,10 @@ if AVAILABLE:
                             cuts, s_lo, lanes, block, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
-        (every tile and column its own). ``lanes``: the cuts as lane tables [T, C, 8, 64]
-        (:func:`nn._simd.lane_tables`), read by the AVX-512 code, or empty [0, 0, 8, 64] for the numba code."""
+        (every tile and column its own), or cuts [1, 1, n_s, 2] that every column shares (a noise table, whose
+        ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``lanes``: the
+        cuts as lane tables (:func:`nn._simd.lane_tables`), read by the AVX-512 code, or empty [0, 0, 8, 64] for
+        the numba code."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
         n_s = cuts.shape[2]
@@ -127,21 +156,22 @@ if AVAILABLE:
                         for p in range(planes):
                             words[p * nb + mi] = _bits(seed, key0 + np.uint64(p), 0)
                     for c in range(g, min(g + GROUP, cols)):
+                        ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared cuts)
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
                         if simd:
                             any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
-                                                          lanes[t, c].ctypes.data, s_lo, n_s, n_r,
+                                                          lanes[ti, ci].ctypes.data, s_lo, n_s, n_r,
                                                           code.ctypes.data, slow.ctypes.data) != 0
                         else:
-                            any_slow = _column_codes(s, words, c - g, cuts, t, c, s_lo, e, code, slow)
+                            any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)
                         if any_slow:
                             for i in range(n_r):
                                 if slow[i]:
                                     mi, p = i % nb, i // nb
                                     key = np.uint64(((m0 + mi) * tiles + t) * cols * planes + p) + np.uint64(c) * kstep
                                     u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1)) & np.uint64(0x7FFF))
-                                    base = cuts[t, c, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48)
-                                    code[i] = fused_noise._slow_code(u15, s[i], t, c, s[i] - lo, np.int64(base),
+                                    base = cuts[ti, ci, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48)
+                                    code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo, np.int64(base),
                                                                      seed, key, thr, sigma, cdf)
                         # per output the additions run in plane order, as in _kernel_cuts
                         if simd:

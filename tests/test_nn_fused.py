@@ -320,6 +320,40 @@ def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, mo
     assert not torch.equal(outs[0], layer.chip_matmul(x_int, w_int))  # (the draws are live: a new seed differs)
 
 
+@pytest.mark.parametrize("source,signed", [("table", False), ("table", True), ("gaussian", False), ("gaussian", True)])
+def test_shared_cuts_read_column_by_column_equal_the_row_kernel_bit_for_bit(source, signed, monkeypatch):
+    """Cut tables every column shares (a measured noise table; Gaussian noise without offsets) are read by the
+    column kernel where nn/_simd.c runs, their trailing repeated entries cut off (a table of 41 partial sums
+    fits the 64-entry lane tables); the output is the row kernel's bit for bit, and the numba path agrees."""
+    adc = ADCConfig(bits=4, noise_sigma=0.4, psum_max=15.0)
+    if source == "table":
+        edges = np.arange(15) + 0.5
+        rows = []
+        for ps in range(41 if not signed else 81):
+            cdf = stats.norm.cdf((edges - (ps - (40 if signed else 0))) / 0.45)
+            rows.append(tuple(float(v) for v in np.diff(np.concatenate([[0.0], cdf, [1.0]]))))
+        adc = ADCConfig(bits=4, psum_max=15.0, noise_table=tuple(rows))
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=40, signed_psum=signed, n_macros=1, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=2, input_bits=4))
+    torch.manual_seed(8)
+    layer = CIMLinear(80, 9, cim_config=cfg).double()
+    x = torch.rand(37, 80, dtype=torch.float64) * 3
+    x[:4, :40] = 0  # all-zero planes
+    x_int, _, w_int, _ = layer.quantize(x)
+    outs, modes = [], []
+    for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
+        monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
+        monkeypatch.setattr(fused_columns, "SIMD", simd)
+        layer._table_cache.clear()
+        layer.set_noise_seed(3)
+        outs.append(layer.chip_matmul(x_int, w_int))
+        modes.append(layer._table_cache["fused_tables"][0])
+    assert modes == [fused.MODE_CUT_COLUMNS if _simd.ENABLED else fused.MODE_CUTS] + [fused.MODE_CUTS] * 2
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[2])
+    layer.set_noise_seed(4)
+    assert not torch.equal(outs[2], layer.chip_matmul(x_int, w_int))
+
+
 @pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
 def test_sar_effective_thresholds_read_like_the_sar_search(scale):
     """A ones count over the SAR's equivalent sorted thresholds equals its binary search for every value,

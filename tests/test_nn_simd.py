@@ -147,3 +147,25 @@ def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplo
         subprocess.run([cc, "-shared", "-fPIC", "-o", str(stale), str(src)], check=True)
         monkeypatch.setattr(_simd, "LIBRARY", stale)
         assert not _simd._load() and "is stale (ABI 0" in caplog.text
+
+
+def test_shared_cuts_are_trimmed_only_where_the_clamp_reads_the_same_entry(monkeypatch):
+    """shared_columns cuts a shared table's trailing repeats: for every partial sum, the clamped entry of the
+    trimmed table is the full table's entry; a table still longer than 64 entries is left to the row kernel."""
+    monkeypatch.setattr(fused_columns, "SIMD", True)
+    rows = 120
+    cdf = np.ones((rows, 18))
+    cdf[:, 0], cdf[:, -1] = -1.0, 2.0
+    for r in range(rows):  # P(code < k) for k = 1..16: a step that saturates at row 50
+        cdf[r, 1:17] = np.clip((np.arange(1, 17) - min(r, 50) * 0.3) / 3.0, 0.0, 1.0)
+    median = (cdf[:, 1:17] < 0.5).sum(1)
+    cuts = fused_noise.table_cuts(cdf, median)
+    kept, lanes = fused_columns.shared_columns(cuts)
+    n = kept.shape[2]
+    assert 50 <= n <= 52 and lanes.shape == (1, 1, 8, 64)
+    full = cuts.reshape(-1, 2)
+    for r in range(rows):
+        assert (kept[0, 0, min(r, n - 1)] == full[r]).all()
+    assert not (full[n - 2] == full[-1]).all()  # (nothing more could be cut)
+    cdf[:, 1:17] = np.clip((np.arange(1, 17)[None, :] - np.arange(rows)[:, None] * 0.1) / 3.0, 0.0, 1.0)
+    assert fused_columns.shared_columns(fused_noise.table_cuts(cdf, (cdf[:, 1:17] < 0.5).sum(1))) is None
