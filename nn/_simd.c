@@ -1,13 +1,17 @@
 /* Optional AVX-512 readout of the fused engine (nn/_simd.py loads it; nn/fused_columns.py calls it).
  *
- * cim_column_codes: the codes of one column's noisy readings through its cut entries, as
- * nn.fused_columns._column_codes computes them (the same codes and slow-path flags, bit for bit; tested),
- * with the column's cut table held in registers. The table comes transposed, ``lanes`` [8][64] uint16:
- * lane j < 7 of row r is cut j of partial-sum index r (nn.fused_noise: P(code < base + j) in 15 bits), lane 7
- * is ``base``; 32 readings at a time, each lane is looked up for all of them by one two-register permute
- * (vpermi2w over 64 entries), so no reading gathers from memory. Reading i: r = clamp(s[i] - s_lo, 0,
- * n_s - 1), u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j};
- * slow when u < cut_0, u >= cut_6 or u equals a cut. Needs n_s <= 64.
+ * cim_column_codes: the codes of one column's noisy readings, inverse-CDF draws through the column's table
+ * (nn._simd.column_tables: 1536 uint16). Its first 8 x 64 are the column's 16-byte cut entries (nn.fused_noise)
+ * transposed, ``lanes``: lane j < 7 of row r the cut floor(2^15 P(code < base + j)) of partial-sum index r,
+ * lane 7 ``base``, held in registers: 32 readings at a time, each lane is looked up for all of them by one
+ * two-register permute (vpermi2w over 64 entries), so no reading gathers from memory. Reading i: r = clamp(s[i]
+ * - s_lo, 0, 63), u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >=
+ * cut_j}, as nn.fused_columns._column_codes computes it. A reading that window cannot decide (u < cut_0, u >=
+ * cut_6) is looked up in the wide rows that follow (64 rows of 16: cuts 0-12 of a window from five codes below
+ * the noise-free one, then its base), one reading at a time: with a chip's offsets thresholds bunch, and ~0.1 %
+ * of readings crossed three of them, each then an exact walk of ~200 ns. Readings still undecided (u equal to a
+ * cut, or beyond the wide window) are flagged for that walk. A decided reading's code is the exact draw's,
+ * whatever the window: the same codes bit for bit (tested).
  *
  * cim_column_add: a column's weighted readings added into its accumulators, in numba's order and rounding.
  *
@@ -17,7 +21,9 @@
  */
 #include <stdint.h>
 
-#define CIM_SIMD_ABI 2
+#define CIM_SIMD_ABI 3
+#define WIDE 16      /* nn.fused_noise.WIDE: uint16 per wide row */
+#define WIDE_CUTS 13 /* its cuts (a window of 12 codes), then base */
 
 int64_t cim_simd_abi(void) { return CIM_SIMD_ABI; }
 
@@ -57,15 +63,30 @@ static inline AVX512 void load32(const int64_t *s, const uint64_t *words, int64_
                                                uu[2], 2), uu[3], 3);
 }
 
-AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *lanes,
-                                int64_t s_lo, int64_t n_s, int64_t n, int64_t *code, uint8_t *slow)
+/* The code of reading (r, u) from its wide row, or -1 where the row cannot decide it either. */
+static inline int64_t wide_code(const uint16_t *row, uint16_t u)
+{
+    if (u < row[0] || u >= row[WIDE_CUTS - 1])
+        return -1;
+    int64_t code = row[WIDE_CUTS];
+    for (int j = 0; j < WIDE_CUTS; j++) {
+        if (u == row[j])
+            return -1;
+        code += (j >= 1 && j <= WIDE_CUTS - 2 && u >= row[j]);
+    }
+    return code;
+}
+
+AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *table,
+                                int64_t s_lo, int64_t n, int64_t *code, uint8_t *slow)
 {
     __m512i a[8], b[8];
     for (int j = 0; j < 8; j++) {
-        a[j] = _mm512_loadu_si512((const void *)(lanes + 64 * j));
-        b[j] = _mm512_loadu_si512((const void *)(lanes + 64 * j + 32));
+        a[j] = _mm512_loadu_si512((const void *)(table + 64 * j));
+        b[j] = _mm512_loadu_si512((const void *)(table + 64 * j + 32));
     }
-    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(n_s - 1), one = _mm512_set1_epi16(1);
+    const uint16_t *wide = table + 8 * 64;
+    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(63), one = _mm512_set1_epi16(1);
     const __m128i sh = _mm_cvtsi64_si128(16 * lane + 1);
     uint64_t any = 0;
     for (int64_t i0 = 0; i0 < n; i0 += 32) {
@@ -84,11 +105,24 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
         bad |= _mm512_cmpge_epu16_mask(u, cut);
         __mmask32 valid = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
         bad &= valid;
-        any |= bad;
 #define STORE8(q) _mm512_mask_storeu_epi64(code + i0 + 8 * (q), first(left - 8 * (q)), \
                                          _mm512_cvtepu16_epi64(_mm512_extracti64x2_epi64(c, (q))))
         STORE8(0); STORE8(1); STORE8(2); STORE8(3);
 #undef STORE8
+        if (bad) {  /* the wide rows decide what they can */
+            uint16_t rr[32], uu[32];
+            _mm512_storeu_si512((void *)rr, r);
+            _mm512_storeu_si512((void *)uu, u);
+            for (__mmask32 m = bad; m; m &= m - 1) {
+                int q = __builtin_ctz(m);
+                int64_t k = wide_code(wide + WIDE * rr[q], uu[q]);
+                if (k >= 0) {
+                    code[i0 + q] = k;
+                    bad &= ~((__mmask32)1 << q);
+                }
+            }
+        }
+        any |= bad;
         _mm256_mask_storeu_epi8(slow + i0, valid, _mm256_movm_epi8(bad));
     }
     return any != 0;

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from nn._numba_prims import AVAILABLE
+from nn.fused_noise import WIDE, WIDE_WINDOW
 
 logger = logging.getLogger(__name__)
 
-ABI = 2  # CIM_SIMD_ABI of nn/_simd.c
+ABI = 3  # CIM_SIMD_ABI of nn/_simd.c
+ROWS = 64  # partial sums a column table holds (one vpermi2w: two 32-lane registers)
+TABLE = 8 * ROWS + WIDE * ROWS  # uint16 of a column table: the entries' 8 lanes, then the wide rows
 LIBRARY = Path(__file__).with_name("libcimsimd.so")
-MAX_ENTRIES = 64  # partial sums a lane table holds (one vpermi2w: two 32-lane registers)
 
 
 def _load() -> bool:
@@ -62,21 +64,29 @@ ENABLED = AVAILABLE and _load()
 if AVAILABLE:
     from numba import carray, cfunc, types
 
-    def _column_codes_scalar(s_p, words_p, lane, lanes_p, s_lo, n_s, n, code_p, slow_p):
+    def _column_codes_scalar(s_p, words_p, lane, table_p, s_lo, n, code_p, slow_p):
         """``cim_column_codes`` of nn/_simd.c, one reading at a time."""
         s, words = carray(s_p, (n,)), carray(words_p, (n,))
-        lanes, code, slow = carray(lanes_p, (8, MAX_ENTRIES)), carray(code_p, (n,)), carray(slow_p, (n,))
+        table, code, slow = carray(table_p, (TABLE,)), carray(code_p, (n,)), carray(slow_p, (n,))
         sh = np.uint64(16 * lane + 1)
         any_slow = 0
         for i in range(n):
-            r = min(max(s[i] - s_lo, 0), n_s - 1)
-            u = (words[i] >> sh) & np.uint64(0x7FFF)
-            k = np.int64(lanes[7, r])
-            bad = u < lanes[0, r] or u >= lanes[6, r]
+            r = min(max(s[i] - s_lo, 0), ROWS - 1)
+            u = np.uint16((words[i] >> sh) & np.uint64(0x7FFF))
+            k = np.int64(table[7 * ROWS + r])
+            bad = u < table[r] or u >= table[6 * ROWS + r]
             for j in range(7):
-                bad = bad or u == lanes[j, r]
-                if 1 <= j <= 5 and u >= lanes[j, r]:
+                bad = bad or u == table[j * ROWS + r]
+                if 1 <= j <= 5 and u >= table[j * ROWS + r]:
                     k += 1
+            if bad:  # the wide row
+                row = table[8 * ROWS + WIDE * r: 8 * ROWS + WIDE * (r + 1)]
+                k = np.int64(row[WIDE_WINDOW + 1])
+                bad = u < row[0] or u >= row[WIDE_WINDOW]
+                for j in range(WIDE_WINDOW + 1):
+                    bad = bad or u == row[j]
+                    if 1 <= j <= WIDE_WINDOW - 1 and u >= row[j]:
+                        k += 1
             code[i] = k
             slow[i] = 1 if bad else 0
             any_slow |= slow[i]
@@ -91,7 +101,7 @@ if AVAILABLE:
                 acc[mi] += bw[p] * lev[code[p * nb + mi]] * w
 
     _i64, _f64, _ptr = types.int64, types.float64, types.CPointer
-    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _i64, _ptr(_i64),
+    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _ptr(_i64),
                           _ptr(types.uint8)), _column_codes_scalar)
     _ADD = types.void(_ptr(_i64), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
 
@@ -106,19 +116,24 @@ if AVAILABLE:
                                                               for a in sig.args)))
 
     column_codes = _external("cim_column_codes", *_CODES)
-    """``cim_column_codes(s, words, lane, lanes, s_lo, n_s, n, code, slow) -> any slow``."""
+    """``cim_column_codes(s, words, lane, table, s_lo, n, code, slow) -> any slow``."""
     column_add = _external("cim_column_add", *_ADD)
     """``cim_column_add(code, nb, planes, bw, lev, n_lev, w, acc)``."""
 
 
-def lane_tables(cuts: np.ndarray) -> np.ndarray:
-    """Per-column lane tables [T, C, 8, 64] uint16 of by-column cut entries ``cuts`` [T, C, n_s, 2] (n_s <= 64):
-    lane j of row r is the entry's 16-bit lane j (cuts 0-6, then ``base``); rows past n_s repeat the last."""
-    tiles, cols, n_s, _ = cuts.shape
-    if n_s > MAX_ENTRIES:
-        raise ValueError(f"lane tables hold at most {MAX_ENTRIES} partial sums, not {n_s}")
-    entries = np.ascontiguousarray(cuts).view(np.uint16).reshape(tiles, cols, n_s, 8)
-    out = np.empty((tiles, cols, 8, MAX_ENTRIES), np.uint16)
-    out[..., :n_s] = entries.transpose(0, 1, 3, 2)
-    out[..., n_s:] = out[..., n_s - 1 : n_s]
+def column_tables(cuts: np.ndarray, wide: np.ndarray) -> np.ndarray | None:
+    """Column tables [T, C, TABLE] uint16 of by-column cut entries ``cuts`` [T, C, n, 2] and their wide rows
+    ``wide`` [T, C, n, WIDE] (:func:`nn.fused_noise.wide_gaussian`): the entries' 16-bit lanes transposed
+    (lane j of partial-sum index r at j * 64 + r), then the wide rows; rows past n repeat the last. None where n
+    > 64 (the numba code reads those)."""
+    tiles, cols, n, _ = cuts.shape
+    if n > ROWS:
+        return None
+    out = np.empty((tiles, cols, TABLE), np.uint16)
+    lanes = out[..., : 8 * ROWS].reshape(tiles, cols, 8, ROWS)
+    lanes[..., :n] = np.ascontiguousarray(cuts).view(np.uint16).reshape(tiles, cols, n, 8).transpose(0, 1, 3, 2)
+    lanes[..., n:] = lanes[..., n - 1 : n]
+    rows = out[..., 8 * ROWS :].reshape(tiles, cols, ROWS, WIDE)
+    rows[:, :, :n] = wide
+    rows[:, :, n:] = wide[:, :, n - 1 : n]
     return out

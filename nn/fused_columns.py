@@ -23,62 +23,54 @@ measured noise table (one row of cuts shared by every column, already in L1) sta
 :func:`nn.fused._kernel_cuts`, which skips the partial sums of all-zero planes and was faster there.
 
 Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; tables of at most 64 partial sums), a column's codes and
-its additions are done there instead: the cut table as per-column lane tables held in registers (one permute
-per cut for 32 readings, no gathers) and the additions vectorized over the block's rows (readings are
-plane-major, i = plane x rows + row, for that). Same codes, same float order: the output is bit for bit that
-of the numba code (tested). Kernel time of the benchmark's noisy layers, one thread: numba 2.1-2.5 s, AVX-512
-1.2-1.3 s.
+its additions are done there instead: the cut entries as per-column lane tables held in registers (one permute
+per cut for 32 readings, no gathers), the readings they cannot decide looked up in wider rows of 13 cuts (with
+a chip's offsets ~0.1 % of readings fell outside the entries' window, each an exact walk of ~200 ns: a quarter
+of the readout), and the additions vectorized over the block's rows (readings are plane-major, i = plane x rows
++ row, for that). Tables every column shares (a measured noise table, Gaussian noise without offsets) are read
+here too. Same codes, same float order: the output is bit for bit that of the numba code and of the row kernel
+(tested). Kernel time of the benchmark's noisy layers, one thread: numba 2.1-2.5 s, AVX-512 1.1 s.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nn import _simd
+from nn import _simd, fused_noise
 from nn._numba_prims import AVAILABLE
 
 GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
 SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
 
 
-def shared_columns(cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(cuts [1, 1, n, 2], their lane tables) of cuts [1, n_s, 1, 2] that every column shares (a noise table,
-    Gaussian noise without offsets) for the AVX-512 column kernel, or None where it does not run or the table
-    is too long for it. The trailing entries equal to the last one are cut off: a clamped partial sum reads the
-    same entry, so the readings do not change."""
-    rows = cuts.reshape(-1, 2)
-    n = rows.shape[0]
-    while n > 1 and (rows[n - 2] == rows[-1]).all():
-        n -= 1
-    if not SIMD or n > _simd.MAX_ENTRIES:
-        return None
-    kept = np.ascontiguousarray(rows[:n]).reshape(1, 1, n, 2)
-    return kept, _simd.lane_tables(kept)
+NO_TABLES = np.zeros((0, 0, _simd.TABLE), np.uint16)  # (the kernel's numba code)
 
 
-def plan(cuts: np.ndarray, per_column: bool, serial: bool) -> tuple[bool, np.ndarray, np.ndarray]:
-    """(whether this kernel reads them, its ``lanes``, its ``cuts``) for cut tables ``cuts``: a chip's per-column
-    cuts [T, C, n_s, 2] (laid out by column) of bit-serial readings always, shared cuts [1, n_s, 1, 2] where
-    :func:`shared_columns` takes them; otherwise the row kernel reads them (lanes empty)."""
+def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(whether this kernel reads them, its column ``tables``, its ``cuts``) for cut tables ``cuts``: a chip's
+    per-column cuts [T, C, n_s, 2] (laid out by column) of bit-serial readings always, with their column tables
+    where the AVX-512 code runs (``wide``, their wide rows [T, C, n_s, WIDE], given; at most 64 partial sums); cuts
+    [1, n_s, 1, 2] that every column shares (bit-serial readings of a noise table or of Gaussian noise without
+    offsets) where ``wide`` is given and their rows, trailing repeats cut off (a clamped partial sum reads the same
+    row), fit 64; otherwise the row kernel reads them."""
     if per_column:
-        return True, lane_tables(cuts), cuts
-    shared = shared_columns(cuts) if serial else None
-    if shared is None:
-        return False, np.zeros((0, 0, 8, _simd.MAX_ENTRIES), np.uint16), cuts
-    return True, shared[1], shared[0]
+        tables = None if wide is None else _simd.column_tables(cuts, wide)
+        return True, NO_TABLES if tables is None else tables, cuts
+    if wide is None:
+        return False, NO_TABLES, cuts
+    entries, rows = cuts.reshape(-1, 2), wide.reshape(-1, fused_noise.WIDE)
+    n = entries.shape[0]
+    while n > 1 and (entries[n - 2] == entries[-1]).all() and (rows[n - 2] == rows[-1]).all():
+        n -= 1
+    tables = _simd.column_tables(entries[None, None, :n], rows[None, None, :n])
+    if tables is None:
+        return False, NO_TABLES, cuts
+    return True, tables, cuts.reshape(1, 1, -1, 2)
 
-
-def lane_tables(cuts: np.ndarray) -> np.ndarray:
-    """The kernel's ``lanes`` argument for by-column cuts [T, C, n_s, 2]: their lane tables where the AVX-512
-    code runs and holds them (:data:`SIMD`, n_s <= 64), else an empty [0, 0, 8, 64] (the numba code)."""
-    if SIMD and cuts.shape[2] <= _simd.MAX_ENTRIES:
-        return _simd.lane_tables(cuts)
-    return np.zeros((0, 0, 8, _simd.MAX_ENTRIES), np.uint16)
 
 if AVAILABLE:
     from numba import njit, prange
 
-    from nn import fused_noise
     from nn._numba_prims import _bits, _popcount
 
     @njit(cache=True, inline="always")
@@ -122,17 +114,17 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True)
     def kernel_cuts_columns(xw, wp, wm, minus, xnor, ssum, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
-                            cuts, s_lo, lanes, block, out):
+                            cuts, s_lo, tables, block, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
         (every tile and column its own), or cuts [1, 1, n_s, 2] that every column shares (a noise table, whose
-        ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``lanes``: the
-        cuts as lane tables (:func:`nn._simd.lane_tables`), read by the AVX-512 code, or empty [0, 0, 8, 64] for
-        the numba code."""
+        ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``tables``: the
+        cuts' column tables [T, C, TABLE] (:func:`nn._simd.column_tables`; [1, 1, TABLE] shared), read by the
+        AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
         n_s = cuts.shape[2]
-        simd = lanes.shape[0] > 0
+        simd = tables.shape[0] > 0
         kstep = np.uint64(planes)
         bw = bitw_int.astype(np.float64)
         for blk in prange((m_rows + block - 1) // block):
@@ -160,7 +152,7 @@ if AVAILABLE:
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
                         if simd:
                             any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
-                                                          lanes[ti, ci].ctypes.data, s_lo, n_s, n_r,
+                                                          tables[ti, ci].ctypes.data, s_lo, n_r,
                                                           code.ctypes.data, slow.ctypes.data) != 0
                         else:
                             any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)

@@ -42,6 +42,11 @@ _LANES123, _LANES01 = np.uint64(0x8000800080000000), np.uint64(0x80008000)
 _Q = 32768.0  # cuts and the fast compare have 15 bits
 WINDOW = 6  # codes per entry: base .. base + 5
 MAX_ENTRIES = 2**23  # cut tables up to 128 MiB (16 bytes an entry); larger: the walking readout
+# Wide rows (nn/_simd.c): per (tile, column, partial sum) WIDE uint16, the cuts P(code < base + j) of a window of
+# WIDE_WINDOW codes from WIDE_BELOW below the noise-free code, then ``base``. They decide the readings that the
+# 16-byte entries' window leaves to the exact walk: with a chip's offsets thresholds bunch, and three of them
+# crossed sent ~0.1 % of readings (a quarter of the readout's time) there.
+WIDE_WINDOW, WIDE_BELOW, WIDE = 12, 5, 16
 
 if AVAILABLE:
     from numba import njit, prange
@@ -117,6 +122,43 @@ if AVAILABLE:
             for j in range(WINDOW + 1):
                 p[j] = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
             _pack(base, p, out[0, r, 0])
+        return out
+
+    @njit(cache=True, inline="always")
+    def _quantize(p):
+        """A cut: floor(p 2^15), at most 2^15 - 1."""
+        return np.uint16(min(max(math.floor(p * _Q), 0.0), _Q - 1.0))
+
+    @njit(parallel=True, cache=True)
+    def wide_gaussian(thr, s_lo, n_s, sigma):
+        """Wide rows [T, C, n_s, WIDE] of Gaussian readings of thresholds ``thr`` [T, C, n + 2] (as
+        :func:`gaussian_cuts`) for partial sums s_lo .. s_lo + n_s - 1."""
+        tiles, cols, width = thr.shape
+        n_codes = width - 1
+        out = np.zeros((tiles, cols, n_s, WIDE), np.uint16)
+        for t in prange(tiles):
+            for c in range(cols):
+                for r in range(n_s):
+                    s = np.float64(s_lo + r)
+                    base = min(max(threshold_count(thr, t, c, s) - WIDE_BELOW, 0), max(n_codes - WIDE_WINDOW, 0))
+                    for j in range(WIDE_WINDOW + 1):
+                        p = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
+                        out[t, c, r, j] = _quantize(p)
+                    out[t, c, r, WIDE_WINDOW + 1] = base
+        return out
+
+    @njit(cache=True)
+    def wide_table(cdf, median):
+        """Wide rows [rows, WIDE] of a measured noise table (``cdf`` and ``median`` as :func:`table_cuts`)."""
+        rows, width = cdf.shape
+        n_codes = width - 1
+        out = np.zeros((rows, WIDE), np.uint16)
+        for r in range(rows):
+            base = min(max(np.int64(median[r]) - WIDE_BELOW, 0), max(n_codes - WIDE_WINDOW, 0))
+            for j in range(WIDE_WINDOW + 1):
+                p = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
+                out[r, j] = _quantize(p)
+            out[r, WIDE_WINDOW + 1] = base
         return out
 
     @njit(cache=True)

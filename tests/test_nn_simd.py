@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from nn import _simd, fused_columns, fused_noise
 
@@ -19,7 +20,7 @@ needs_lib = pytest.mark.skipif(not _simd.ENABLED, reason="nn/libcimsimd.so not b
 
 
 _V, _I = ctypes.c_void_p, ctypes.c_int64
-_ARGS = {"cim_column_codes": ([_V, _V, _I, _V, _I, _I, _I, _V, _V], _I),
+_ARGS = {"cim_column_codes": ([_V, _V, _I, _V, _I, _I, _V, _V], _I),
          "cim_column_add": ([_V, _I, _I, _V, _V, _I, ctypes.c_double, _V], None)}
 
 
@@ -42,53 +43,75 @@ def _ptr(a: np.ndarray) -> int:
 
 
 def _column(seed: int, n_codes: int = 31):
-    """Lane tables, by-column cuts and (s_lo, n_s) of one tile of 12 columns with offset thresholds."""
+    """Thresholds, column tables, by-column cuts and (s_lo, n_s) of one tile of 12 columns with offsets."""
     rng = np.random.default_rng(seed)
     thr = np.empty((1, 12, n_codes + 2))
     thr[..., 0], thr[..., -1] = -np.inf, np.inf
     thr[..., 1:-1] = np.sort(np.arange(n_codes) + 0.5 + rng.normal(0, 0.6, (1, 12, n_codes)), axis=-1)
     s_lo, n_s = fused_noise.gaussian_range(thr, 0.4, -40, 200)
     cuts = fused_noise.gaussian_cuts(thr, s_lo, n_s, 0.4, by_column=True)
-    return _simd.lane_tables(cuts), cuts, s_lo, n_s
+    return thr, _simd.column_tables(cuts, fused_noise.wide_gaussian(thr, s_lo, n_s, 0.4)), cuts, s_lo, n_s
 
 
-def _readings(rng, cuts, c, s_lo, n_s, n, lane):
-    """Partial sums (some beyond the table on both sides) and random words, a third of them set so that the
-    reading's 15 bits equal one of its entry's cuts (ties: the slow path)."""
-    s = rng.integers(s_lo - 6, s_lo + n_s + 6, n).astype(np.int64)
+def _readings(rng, tables, cuts, c, s_lo, n, lane):
+    """Partial sums (some beyond the table on both sides) and random words: a quarter of them set so that the
+    reading's 15 bits equal one of its cuts (ties: the slow path), a quarter just outside the window of its
+    16-byte entry (which the wide rows decide, or not)."""
+    s = rng.integers(s_lo - 6, s_lo + 70, n).astype(np.int64)
     words = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
-    lanes16 = cuts[0, c].view(np.uint16).reshape(n_s, 8)
     sh = np.uint64(16 * lane + 1)
-    for i in np.flatnonzero(rng.random(n) < 0.33):
-        cut = np.uint64(lanes16[min(max(s[i] - s_lo, 0), n_s - 1), rng.integers(0, 7)])
-        words[i] = (words[i] & ~(np.uint64(0x7FFF) << sh)) | (cut << sh)
+    pick = rng.random(n)
+    for i in range(n):
+        r = min(max(s[i] - s_lo, 0), 63)
+        if pick[i] < 0.25:
+            wide = rng.random() < 0.5
+            j = rng.integers(0, 13 if wide else 7)
+            u = int(tables[0, c, 512 + 16 * r + j] if wide else tables[0, c, 64 * j + r])
+        elif pick[i] < 0.5:
+            entry = cuts[0, c, min(max(s[i] - s_lo, 0), cuts.shape[2] - 1)].view(np.uint16)
+            u = int(entry[0]) - 1 if pick[i] < 0.375 else int(entry[6]) + 1
+            if not 0 <= u < 2**15:
+                continue
+        else:
+            continue
+        words[i] = (words[i] & ~(np.uint64(0x7FFF) << sh)) | (np.uint64(u) << sh)
     return s, words
 
 
 @needs_lib
 @pytest.mark.parametrize("n", [1, 7, 31, 32, 100, 128, 257])
-def test_column_codes_equal_numba_and_the_scalar_twin(n):
-    """cim_column_codes gives numba's codes (nn.fused_columns._column_codes) wherever a reading is decided,
-    the same slow-path flags (ties with a cut, readings outside the window) and the same any-slow answer, and
-    so does its scalar twin; at every length (masked tails) and random-word lane."""
+def test_column_codes_are_exact_inverse_cdf_draws_where_decided(n):
+    """cim_column_codes (and its scalar twin) decide a reading only where its 15 random bits settle the exact
+    inverse-CDF draw: every reading it decides has the code numba's readout gives it (nn.fused_columns' 16-byte
+    entries, or where those defer, the exact walk of the slow path); every reading it defers (a tie with a cut,
+    or beyond the wide window) numba's readout defers too; its any-slow answer matches its flags. At every
+    length (masked tails) and random-word lane; ties and readings beyond the entries' window are exercised."""
     fns = _both("cim_column_codes", _simd._CODES)
-    lanes, cuts, s_lo, n_s = _column(n)
+    thr, tables, cuts, s_lo, n_s = _column(n)
     rng = np.random.default_rng(100 + n)
-    n_slow = 0
-    for c in range(lanes.shape[1]):
+    n_slow, n_wider = 0, 0
+    for c in range(tables.shape[1]):
         lane = c % 4
-        s, words = _readings(rng, cuts, c, s_lo, n_s, n, lane)
+        s, words = _readings(rng, tables, cuts, c, s_lo, n, lane)
         want_code, want_slow = np.empty(n, np.int64), np.empty(n, np.bool_)
-        want_any = fused_columns._column_codes(s, words, lane, cuts, 0, c, s_lo, np.empty((2, n), np.uint64),
-                                               want_code, want_slow)
+        fused_columns._column_codes(s, words, lane, cuts, 0, c, s_lo, np.empty((2, n), np.uint64), want_code,
+                                    want_slow)
+        u15 = ((words >> np.uint64(16 * lane + 1)) & np.uint64(0x7FFF)).astype(np.uint16)
+        for i in np.flatnonzero(want_slow):  # the exact code (the slow path's walk; its extra bits never matter
+            base = int(cuts[0, c, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48))  # where u15 decides)
+            want_code[i] = fused_noise._slow_code(u15[i], s[i], 0, c, 0, base, np.uint64(9), np.uint64(i), thr,
+                                                  0.4, np.zeros((1, 1)))
         for fn in fns:
             code, slow = np.full(n, -1, np.int64), np.full(n, 7, np.uint8)
-            got_any = fn(_ptr(s), _ptr(words), lane, _ptr(lanes[0, c]), s_lo, n_s, n, _ptr(code), _ptr(slow))
-            assert bool(got_any) == want_any
-            assert np.array_equal(slow.astype(bool), want_slow)
-            assert np.array_equal(code[~want_slow], want_code[~want_slow])
-        n_slow += int(want_slow.sum())
-    assert n == 1 or n_slow > 0  # (the ties were exercised)
+            got_any = fn(_ptr(s), _ptr(words), lane, _ptr(tables[0, c]), s_lo, n, _ptr(code), _ptr(slow))
+            slow = slow.astype(bool)
+            assert set(np.unique(slow)) <= {False, True} and bool(got_any) == slow.any()
+            assert not (slow & ~want_slow).any()
+            assert np.array_equal(code[~slow], want_code[~slow])
+        n_slow += int(slow.sum())
+        n_wider += int((want_slow & ~slow).sum())
+    assert n == 1 or n_slow > 0  # (ties deferred)
+    assert n < 32 or n_wider > 0  # (readings beyond numba's window decided)
 
 
 @needs_lib
@@ -111,19 +134,26 @@ def test_column_add_equals_the_scalar_twin_bit_for_bit(n_lev):
         assert np.array_equal(accs[0], accs[1]) and not np.array_equal(accs[0], acc0)
 
 
-def test_lane_tables_hold_the_entries_transposed():
-    """Lane j of a lane table's row r is the entry's 16-bit lane j (cuts 0-6, then the base code); rows past
-    the entries repeat the last; more than 64 partial sums are refused."""
-    lanes, cuts, s_lo, n_s = _column(3)
-    assert lanes.shape == (1, 12, 8, 64) and lanes.dtype == np.uint16
-    for c, r in ((0, 0), (5, n_s - 1), (11, n_s // 2)):
-        w0, w1 = (int(v) for v in cuts[0, c, r])
+def test_column_tables_hold_the_entries_transposed_then_the_wide_rows():
+    """A column table holds lane j of the entry of partial-sum index r at j * 64 + r (cuts 0-6, then base), then
+    the wide rows: base = (noise-free code - 5) clamped and the cuts floor(2^15 P(code < base + j)), j = 0..12;
+    rows past n_s repeat the last; a range over 64 partial sums gets none."""
+    thr, tables, cuts, s_lo, n_s = _column(3)
+    assert tables.shape == (1, 12, _simd.TABLE) and tables.dtype == np.uint16
+    for c, r in ((0, 0), (5, n_s - 1), (11, n_s // 2), (7, 63)):
+        rc = min(r, n_s - 1)
+        w0, w1 = (int(v) for v in cuts[0, c, rc])
         want = [(w0 >> (16 * j)) & 0xFFFF for j in range(4)] + [(w1 >> (16 * j)) & 0xFFFF for j in range(4)]
-        assert lanes[0, c, :, r].tolist() == want
-        assert lanes[0, c, 7, r] == w1 >> 48  # base
-    assert (lanes[..., n_s:] == lanes[..., n_s - 1 : n_s]).all()
-    with pytest.raises(ValueError, match="at most 64"):
-        _simd.lane_tables(np.zeros((1, 1, 65, 2), np.uint64))
+        assert [int(tables[0, c, 64 * j + r]) for j in range(8)] == want
+        row = tables[0, c, 512 + 16 * r : 512 + 16 * (r + 1)]
+        sv = s_lo + rc
+        t = thr[0, c, 1:-1]
+        base = min(max(int((t <= sv).sum()) - 5, 0), len(t) + 1 - 12)
+        assert row[13] == base
+        for j in range(13):
+            p = stats.norm.cdf((thr[0, c, base + j] - sv) / 0.4) if base + j <= len(t) + 1 else 1.0
+            assert abs(int(row[j]) - min(np.floor(p * 2**15), 2**15 - 1)) <= 1
+    assert _simd.column_tables(np.zeros((1, 1, 65, 2), np.uint64), np.zeros((1, 1, 65, 16), np.uint16)) is None
 
 
 def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplog):
@@ -149,23 +179,30 @@ def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplo
         assert not _simd._load() and "is stale (ABI 0" in caplog.text
 
 
-def test_shared_cuts_are_trimmed_only_where_the_clamp_reads_the_same_entry(monkeypatch):
-    """shared_columns cuts a shared table's trailing repeats: for every partial sum, the clamped entry of the
-    trimmed table is the full table's entry; a table still longer than 64 entries is left to the row kernel."""
-    monkeypatch.setattr(fused_columns, "SIMD", True)
+def test_shared_tables_are_trimmed_only_where_the_clamp_reads_the_same_row(monkeypatch):
+    """A noise table's trailing repeated rows are cut off for the column kernel: for every partial sum, the
+    clamped row of the trimmed column table is the full table's (entries and wide rows); a table still longer
+    than 64 rows is left to the row kernel."""
     rows = 120
     cdf = np.ones((rows, 18))
     cdf[:, 0], cdf[:, -1] = -1.0, 2.0
     for r in range(rows):  # P(code < k) for k = 1..16: a step that saturates at row 50
         cdf[r, 1:17] = np.clip((np.arange(1, 17) - min(r, 50) * 0.3) / 3.0, 0.0, 1.0)
     median = (cdf[:, 1:17] < 0.5).sum(1)
-    cuts = fused_noise.table_cuts(cdf, median)
-    kept, lanes = fused_columns.shared_columns(cuts)
-    n = kept.shape[2]
-    assert 50 <= n <= 52 and lanes.shape == (1, 1, 8, 64)
-    full = cuts.reshape(-1, 2)
+    cuts, wide = fused_noise.table_cuts(cdf, median), fused_noise.wide_table(cdf, median)
+    columns, tables, kept = fused_columns.plan(cuts, False, wide)
+    assert columns and tables.shape == (1, 1, _simd.TABLE) and kept.shape == (1, 1, rows, 2)
+    full = _simd.column_tables(cuts.reshape(1, 1, rows, 2)[:, :, :64], wide[None, None, :64])
+    n = 1 + max(r for r in range(rows) if not ((cuts.reshape(-1, 2)[r] == cuts.reshape(-1, 2)[-1]).all()
+                                                   and (wide[r] == wide[-1]).all()))
+    assert 50 <= n <= 52
     for r in range(rows):
-        assert (kept[0, 0, min(r, n - 1)] == full[r]).all()
-    assert not (full[n - 2] == full[-1]).all()  # (nothing more could be cut)
+        rc = min(r, 63)
+        assert (tables[0, 0, 512 + 16 * rc : 512 + 16 * (rc + 1)] == wide[r]).all()
+        assert (tables[0, 0, [64 * j + rc for j in range(8)]] == cuts[0, r, 0].view(np.uint16)).all()
+    assert (full[0, 0, :512].reshape(8, 64)[:, :n] == tables[0, 0, :512].reshape(8, 64)[:, :n]).all()
     cdf[:, 1:17] = np.clip((np.arange(1, 17)[None, :] - np.arange(rows)[:, None] * 0.1) / 3.0, 0.0, 1.0)
-    assert fused_columns.shared_columns(fused_noise.table_cuts(cdf, (cdf[:, 1:17] < 0.5).sum(1))) is None
+    median = (cdf[:, 1:17] < 0.5).sum(1)
+    columns, tables, _ = fused_columns.plan(fused_noise.table_cuts(cdf, median), False,
+                                            fused_noise.wide_table(cdf, median))
+    assert not columns and tables.shape[0] == 0
