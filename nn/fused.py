@@ -541,7 +541,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     empty3, empty2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
     no_code0, no_cuts = np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1, 2), np.uint64)
     small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
-    serial = cfg.quant.input_mode == "bit_serial"
+    serial = _COLUMN_CUTS and cfg.quant.input_mode == "bit_serial"  # (nn.fused_columns reads bit-serial cuts)
+    simd = serial and fused_columns.SIMD
     tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
     if adc.noise_mean:  # the expected level of every partial sum, read like a noise-free table
         if not small:
@@ -555,9 +556,9 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         ends = torch.ones(cdf.shape[0], 1, dtype=cdf.dtype)
         cdf_padded = np.ascontiguousarray(torch.cat([-ends, cdf, 2 * ends], -1).numpy())
         med = median.reshape(-1).numpy()
-        wide = fused_noise.wide_table(cdf_padded, med) if _COLUMN_CUTS and fused_columns.SIMD and serial else None
-        columns, lanes, cuts = fused_columns.plan(fused_noise.table_cuts(cdf_padded, med), False, wide)
-        tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, lanes, empty3, no_code0, cdf_padded, cuts, lo
+        columns, col_tables, cuts = fused_columns.plan(fused_noise.table_cuts(cdf_padded, med), False,
+                                                       fused_noise.wide_table(cdf_padded, med) if simd else None)
+        tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, empty3, no_code0, cdf_padded, cuts, lo
     elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
         tables = MODE_LUT, np.ascontiguousarray(table * colw[None, :, None]), empty3, no_code0, empty2, no_cuts, lo
@@ -576,12 +577,12 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
             s_lo, n_s = fused_noise.gaussian_range(cut_thr, sigma, lo, hi)
             if sigma <= 0.6 * spacing and cut_thr.shape[0] * cut_thr.shape[1] * n_s <= fused_noise.MAX_ENTRIES:
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
-                by_column = _COLUMN_CUTS and flat_shift is not None and serial
+                by_column = serial and flat_shift is not None
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if _COLUMN_CUTS and fused_columns.SIMD \
-                    and serial and n_s <= 64 else None
-                columns, lanes, cuts = fused_columns.plan(cuts, by_column, wide)  # (lanes: the lookup table's slot)
-                tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, lanes, cut_thr, no_code0, empty2, cuts, s_lo
+                wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if simd and n_s <= fused_columns.ROWS \
+                    else None
+                columns, col_tables, cuts = fused_columns.plan(cuts, by_column, wide)  # (in the lookup table's slot)
+                tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:
                     table_cache.update(fused_key=key, fused_tables=tables, fused_shift=shift)
                 return tables

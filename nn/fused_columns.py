@@ -44,6 +44,7 @@ SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a
 
 
 NO_TABLES = np.zeros((0, 0, _simd.TABLE), np.uint16)  # (the kernel's numba code)
+ROWS = _simd.ROWS  # partial sums a column table holds
 
 
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:
