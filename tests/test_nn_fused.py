@@ -286,6 +286,20 @@ def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit
     assert keep.sum() >= 3 and p > 1e-3
 
 
+def _three_readouts(layer, x_int, w_int, seed, monkeypatch):
+    """(outputs, fused tables) of a noisy layer read three ways under one noise seed: the column kernel with the
+    AVX-512 code where it runs, the column kernel with numba's code, the row kernel."""
+    outs, tables = [], []
+    for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
+        monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
+        monkeypatch.setattr(fused_columns, "SIMD", simd)
+        layer._table_cache.clear()
+        layer.set_noise_seed(seed)
+        outs.append(layer.chip_matmul(x_int, w_int))
+        tables.append(layer._table_cache["fused_tables"])
+    return outs, tables
+
+
 @pytest.mark.parametrize("case", [c for c in itertools.product([1, 2, 4], [1, 2], [1, 3, 8], [False, True],
                                                                 [False, True], ["flash", "sar"], [False, True])
                                   if not (c[4] and c[2] < 2) and not (c[6] and not c[3])][::5])
@@ -306,16 +320,9 @@ def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, mo
     x = torch.randn(37, 60, dtype=torch.float64) * 2
     x[:5, :30] = 0  # all-zero planes
     x_int, _, w_int, _ = layer.quantize(x)
-    outs = []
-    for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
-        monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
-        monkeypatch.setattr(fused_columns, "SIMD", simd)
-        layer._table_cache.clear()
-        layer.set_noise_seed(5)
-        outs.append(layer.chip_matmul(x_int, w_int))
-        tables = layer._table_cache["fused_tables"]
-        assert tables[0] == (fused.MODE_CUT_COLUMNS if columns else fused.MODE_CUTS)
-        assert not columns or (tables[1].shape[0] > 0) == simd  # (lane tables: nn/_simd.c reads and adds)
+    outs, tables = _three_readouts(layer, x_int, w_int, 5, monkeypatch)
+    assert [t[0] for t in tables] == [fused.MODE_CUT_COLUMNS] * 2 + [fused.MODE_CUTS]
+    assert (tables[0][1].shape[0] > 0) == _simd.ENABLED and tables[1][1].shape[0] == 0  # (C reads with tables)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
     assert not torch.equal(outs[0], layer.chip_matmul(x_int, w_int))  # (the draws are live: a new seed differs)
 
@@ -340,14 +347,8 @@ def test_shared_cuts_read_column_by_column_equal_the_row_kernel_bit_for_bit(sour
     x = torch.rand(37, 80, dtype=torch.float64) * 3
     x[:4, :40] = 0  # all-zero planes
     x_int, _, w_int, _ = layer.quantize(x)
-    outs, modes = [], []
-    for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
-        monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
-        monkeypatch.setattr(fused_columns, "SIMD", simd)
-        layer._table_cache.clear()
-        layer.set_noise_seed(3)
-        outs.append(layer.chip_matmul(x_int, w_int))
-        modes.append(layer._table_cache["fused_tables"][0])
+    outs, tables = _three_readouts(layer, x_int, w_int, 3, monkeypatch)
+    modes = [t[0] for t in tables]
     assert modes == [fused.MODE_CUT_COLUMNS if _simd.ENABLED else fused.MODE_CUTS] + [fused.MODE_CUTS] * 2
     assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[2])
     layer.set_noise_seed(4)
