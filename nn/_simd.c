@@ -1,17 +1,19 @@
 /* Optional AVX-512 readout of the fused engine (nn/_simd.py loads it; nn/fused_columns.py calls it).
  *
  * cim_column_codes: the codes of one column's noisy readings, inverse-CDF draws through the column's table
- * (nn._simd.column_tables: 1536 uint16). Its first 8 x 64 are the column's 16-byte cut entries (nn.fused_noise)
+ * (nn._simd.column_tables). Its first 8 x ``rows`` (64 or 128) uint16 are cut entries (nn.fused_noise)
  * transposed, ``lanes``: lane j < 7 of row r the cut floor(2^15 P(code < base + j)) of partial-sum index r,
- * lane 7 ``base``, held in registers: 32 readings at a time, each lane is looked up for all of them by one
- * two-register permute (vpermi2w over 64 entries), so no reading gathers from memory. Reading i: r = clamp(s[i]
- * - s_lo, 0, 63), u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >=
- * cut_j}, as nn.fused_columns._column_codes computes it. A reading that window cannot decide (u < cut_0, u >=
- * cut_6) is looked up in the wide rows that follow (64 rows of 16: cuts 0-12 of a window from five codes below
- * the noise-free one, then its base), one reading at a time: with a chip's offsets thresholds bunch, and ~0.1 %
- * of readings crossed three of them, each then an exact walk of ~200 ns. Readings still undecided (u equal to a
- * cut, or beyond the wide window) are flagged for that walk. A decided reading's code is the exact draw's,
- * whatever the window: the same codes bit for bit (tested).
+ * lane 7 ``base``; rows 0-63 are held in registers: 32 readings at a time, each lane is looked up for all of
+ * them by one two-register permute (vpermi2w over 64 entries; rows 64-127 by two more, from memory, only where
+ * a reading needs them), so no reading gathers from memory. Reading i: r = clamp(s[i] - s_lo, 0, n_wide - 1),
+ * u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j} through lane
+ * row min(r, rows - 1), as nn.fused_columns._column_codes computes it. A reading that window cannot decide (u <
+ * cut_0, u >= cut_6), or whose r reaches ``limit`` (rows the lanes do not hold), is looked up in the ``n_wide``
+ * wide rows that follow (16 each: cuts 0-12 of a window from five codes below the noise-free one, then its
+ * base), one reading at a time: with a chip's offsets thresholds bunch, and ~0.1 % of readings crossed three
+ * of them, each then an exact walk of ~200 ns. Readings still undecided (u equal to a cut, or beyond the wide
+ * window) are flagged for that walk. A decided reading's code is the exact draw's, whatever the window: the
+ * same codes bit for bit (tested).
  *
  * cim_column_add: a column's weighted readings added into its accumulators, in numba's order and rounding.
  *
@@ -21,7 +23,7 @@
  */
 #include <stdint.h>
 
-#define CIM_SIMD_ABI 3
+#define CIM_SIMD_ABI 4
 #define WIDE 16      /* nn.fused_noise.WIDE: uint16 per wide row */
 #define WIDE_CUTS 13 /* its cuts (a window of 12 codes), then base */
 
@@ -77,31 +79,52 @@ static inline int64_t wide_code(const uint16_t *row, uint16_t u)
     return code;
 }
 
+/* Lane j of the cut entries for 32 readings' row indices ``rl``: rows 0-63 from the registers, rows 64-127 (a
+ * 128-row table, only where some reading needs them: ``hi``) by two more permutes from memory. */
+static inline AVX512 __m512i lane_of(const __m512i *a, const __m512i *b, const uint16_t *table, int64_t rows, int j,
+                                     __m512i rl, __mmask32 hi)
+{
+    __m512i v = _mm512_permutex2var_epi16(a[j], rl, b[j]);
+    if (hi) {
+        const uint16_t *p = table + rows * j + 64;
+        __m512i w = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)p), rl,
+                                              _mm512_loadu_si512((const void *)(p + 32)));
+        v = _mm512_mask_blend_epi16(hi, v, w);
+    }
+    return v;
+}
+
 AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *table,
-                                int64_t s_lo, int64_t n, int64_t *code, uint8_t *slow)
+                                int64_t s_lo, int64_t rows, int64_t n_wide, int64_t limit, int64_t n, int64_t *code,
+                                uint8_t *slow)
 {
     __m512i a[8], b[8];
     for (int j = 0; j < 8; j++) {
-        a[j] = _mm512_loadu_si512((const void *)(table + 64 * j));
-        b[j] = _mm512_loadu_si512((const void *)(table + 64 * j + 32));
+        a[j] = _mm512_loadu_si512((const void *)(table + rows * j));
+        b[j] = _mm512_loadu_si512((const void *)(table + rows * j + 32));
     }
-    const uint16_t *wide = table + 8 * 64;
-    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(63), one = _mm512_set1_epi16(1);
+    const uint16_t *wide = table + 8 * rows;
+    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(n_wide - 1), one = _mm512_set1_epi16(1);
+    const __m512i last = _mm512_set1_epi16((short)(rows - 1)), limit16 = _mm512_set1_epi16((short)limit);
+    const __m512i sixty_four = _mm512_set1_epi16(64);
     const __m128i sh = _mm_cvtsi64_si128(16 * lane + 1);
     uint64_t any = 0;
     for (int64_t i0 = 0; i0 < n; i0 += 32) {
         int64_t left = n - i0;
         __m512i r, u;
         load32(s + i0, words + i0, left, lo, top, sh, &r, &u);
-        __m512i c = _mm512_permutex2var_epi16(a[7], r, b[7]);
-        __m512i cut = _mm512_permutex2var_epi16(a[0], r, b[0]);
-        __mmask32 bad = _mm512_cmplt_epu16_mask(u, cut) | _mm512_cmpeq_epi16_mask(u, cut);
+        __m512i rl = _mm512_min_epu16(r, last);
+        __mmask32 hi = rows > 64 ? _mm512_cmpge_epu16_mask(rl, sixty_four) : 0;
+        __m512i c = lane_of(a, b, table, rows, 7, rl, hi);
+        __m512i cut = lane_of(a, b, table, rows, 0, rl, hi);
+        __mmask32 bad = _mm512_cmplt_epu16_mask(u, cut) | _mm512_cmpeq_epi16_mask(u, cut)
+                        | _mm512_cmpge_epu16_mask(r, limit16);
         for (int j = 1; j < 6; j++) {
-            cut = _mm512_permutex2var_epi16(a[j], r, b[j]);
+            cut = lane_of(a, b, table, rows, j, rl, hi);
             c = _mm512_mask_add_epi16(c, _mm512_cmpge_epu16_mask(u, cut), c, one);
             bad |= _mm512_cmpeq_epi16_mask(u, cut);
         }
-        cut = _mm512_permutex2var_epi16(a[6], r, b[6]);
+        cut = lane_of(a, b, table, rows, 6, rl, hi);
         bad |= _mm512_cmpge_epu16_mask(u, cut);
         __mmask32 valid = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
         bad &= valid;

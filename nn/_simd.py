@@ -25,9 +25,11 @@ from nn.fused_noise import WIDE, WIDE_WINDOW
 
 logger = logging.getLogger(__name__)
 
-ABI = 3  # CIM_SIMD_ABI of nn/_simd.c
-ROWS = 64  # partial sums a column table holds (one vpermi2w: two 32-lane registers)
-TABLE = 8 * ROWS + WIDE * ROWS  # uint16 of a column table: the entries' 8 lanes, then the wide rows
+ABI = 4  # CIM_SIMD_ABI of nn/_simd.c
+ROWS = 64  # partial-sum rows of a lane table in registers (one vpermi2w: two 32-lane registers)
+MAX_LANE_ROWS = 2 * ROWS + 1  # lane rows a table may need: 128 held (the next 64 from memory), the 129th (a
+#   128-row array's partial sum 128) read through the wide rows
+HEADER = 8  # uint16 at a column table's end: its lane rows (64 or 128), the first row the lanes do not hold
 LIBRARY = Path(__file__).with_name("libcimsimd.so")
 
 
@@ -64,23 +66,25 @@ ENABLED = AVAILABLE and _load()
 if AVAILABLE:
     from numba import carray, cfunc, types
 
-    def _column_codes_scalar(s_p, words_p, lane, table_p, s_lo, n, code_p, slow_p):
+    def _column_codes_scalar(s_p, words_p, lane, table_p, s_lo, rows, n_wide, limit, n, code_p, slow_p):
         """``cim_column_codes`` of nn/_simd.c, one reading at a time."""
         s, words = carray(s_p, (n,)), carray(words_p, (n,))
-        table, code, slow = carray(table_p, (TABLE,)), carray(code_p, (n,)), carray(slow_p, (n,))
+        table, code = carray(table_p, (8 * rows + WIDE * n_wide,)), carray(code_p, (n,))
+        slow = carray(slow_p, (n,))
         sh = np.uint64(16 * lane + 1)
         any_slow = 0
         for i in range(n):
-            r = min(max(s[i] - s_lo, 0), ROWS - 1)
+            r = min(max(s[i] - s_lo, 0), n_wide - 1)
+            rl = min(r, rows - 1)
             u = np.uint16((words[i] >> sh) & np.uint64(0x7FFF))
-            k = np.int64(table[7 * ROWS + r])
-            bad = u < table[r] or u >= table[6 * ROWS + r]
+            k = np.int64(table[7 * rows + rl])
+            bad = u < table[rl] or u >= table[6 * rows + rl] or r >= limit
             for j in range(7):
-                bad = bad or u == table[j * ROWS + r]
-                if 1 <= j <= 5 and u >= table[j * ROWS + r]:
+                bad = bad or u == table[j * rows + rl]
+                if 1 <= j <= 5 and u >= table[j * rows + rl]:
                     k += 1
             if bad:  # the wide row
-                row = table[8 * ROWS + WIDE * r: 8 * ROWS + WIDE * (r + 1)]
+                row = table[8 * rows + WIDE * r: 8 * rows + WIDE * (r + 1)]
                 k = np.int64(row[WIDE_WINDOW + 1])
                 bad = u < row[0] or u >= row[WIDE_WINDOW]
                 for j in range(WIDE_WINDOW + 1):
@@ -101,8 +105,8 @@ if AVAILABLE:
                 acc[mi] += bw[p] * lev[code[p * nb + mi]] * w
 
     _i64, _f64, _ptr = types.int64, types.float64, types.CPointer
-    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _ptr(_i64),
-                          _ptr(types.uint8)), _column_codes_scalar)
+    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _i64, _i64, _i64,
+                          _ptr(_i64), _ptr(types.uint8)), _column_codes_scalar)
     _ADD = types.void(_ptr(_i64), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
 
     def _external(name: str, sig, scalar):  # noqa: ANN001, ANN202 - numba signatures
@@ -116,24 +120,30 @@ if AVAILABLE:
                                                               for a in sig.args)))
 
     column_codes = _external("cim_column_codes", *_CODES)
-    """``cim_column_codes(s, words, lane, table, s_lo, n, code, slow) -> any slow``."""
+    """``cim_column_codes(s, words, lane, table, s_lo, rows, n_wide, limit, n, code, slow) -> any slow``."""
     column_add = _external("cim_column_add", *_ADD)
     """``cim_column_add(code, nb, planes, bw, lev, n_lev, w, acc)``."""
 
 
 def column_tables(cuts: np.ndarray, wide: np.ndarray) -> np.ndarray | None:
-    """Column tables [T, C, TABLE] uint16 of by-column cut entries ``cuts`` [T, C, n, 2] and their wide rows
-    ``wide`` [T, C, n, WIDE] (:func:`nn.fused_noise.wide_gaussian`): the entries' 16-bit lanes transposed
-    (lane j of partial-sum index r at j * 64 + r), then the wide rows; rows past n repeat the last. None where n
-    > 64 (the numba code reads those)."""
-    tiles, cols, n, _ = cuts.shape
-    if n > ROWS:
+    """Column tables [T, C, 8 rows + WIDE n + HEADER] uint16 of by-column cut entries ``cuts`` [T, C, m, 2] and
+    wide rows ``wide`` [T, C, n, WIDE] (:func:`nn.fused_noise.wide_gaussian`, ``wide_table``; m <= n: the
+    entries may be cut short where their trailing rows repeat): the entries' 16-bit lanes transposed (lane j of
+    partial-sum index r at j * rows + r; rows = 64, or 128 for m > 64; rows past m repeat the last), then the
+    wide rows, then the header (rows, and the first partial-sum index the lanes do not hold: n, or 128 where
+    m = 129). None where m > 129 (the numba code or the row kernel reads those)."""
+    tiles, cols, m, _ = cuts.shape
+    n = wide.shape[2]
+    if m > MAX_LANE_ROWS:
         return None
-    out = np.empty((tiles, cols, TABLE), np.uint16)
-    lanes = out[..., : 8 * ROWS].reshape(tiles, cols, 8, ROWS)
-    lanes[..., :n] = np.ascontiguousarray(cuts).view(np.uint16).reshape(tiles, cols, n, 8).transpose(0, 1, 3, 2)
-    lanes[..., n:] = lanes[..., n - 1 : n]
-    rows = out[..., 8 * ROWS :].reshape(tiles, cols, ROWS, WIDE)
-    rows[:, :, :n] = wide
-    rows[:, :, n:] = wide[:, :, n - 1 : n]
+    rows = ROWS if m <= ROWS else 2 * ROWS
+    held = min(m, rows)
+    out = np.zeros((tiles, cols, 8 * rows + WIDE * n + HEADER), np.uint16)
+    lanes = out[..., : 8 * rows].reshape(tiles, cols, 8, rows)
+    entries = np.ascontiguousarray(cuts[:, :, :held]).view(np.uint16).reshape(tiles, cols, held, 8)
+    lanes[..., :held] = entries.transpose(0, 1, 3, 2)
+    lanes[..., held:] = lanes[..., held - 1 : held]
+    out[..., 8 * rows : 8 * rows + WIDE * n] = wide.reshape(tiles, cols, WIDE * n)
+    out[..., -HEADER] = rows
+    out[..., -HEADER + 1] = n if m <= rows else rows
     return out

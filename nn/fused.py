@@ -579,8 +579,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
                 by_column = serial and flat_shift is not None
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if simd and n_s <= fused_columns.ROWS \
-                    else None
+                simd = simd and (n_s <= fused_columns.ROWS or not by_column)  # (a chip's tables: 64 rows at most)
+                wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if simd else None
                 columns, col_tables, cuts = fused_columns.plan(cuts, by_column, wide)  # (in the lookup table's slot)
                 tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, cut_thr, no_code0, empty2, cuts, s_lo
                 if table_cache is not None:

@@ -43,27 +43,27 @@ GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
 SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
 
 
-NO_TABLES = np.zeros((0, 0, _simd.TABLE), np.uint16)  # (the kernel's numba code)
+NO_TABLES = np.zeros((0, 0, _simd.HEADER), np.uint16)  # (the kernel's numba code)
 ROWS = _simd.ROWS  # partial sums a column table holds
 
 
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:
     """(whether this kernel reads them, its column ``tables``, its ``cuts``) for cut tables ``cuts``: a chip's
     per-column cuts [T, C, n_s, 2] (laid out by column) of bit-serial readings always, with their column tables
-    where the AVX-512 code runs (``wide``, their wide rows [T, C, n_s, WIDE], given; at most 64 partial sums); cuts
-    [1, n_s, 1, 2] that every column shares (bit-serial readings of a noise table or of Gaussian noise without
-    offsets) where ``wide`` is given and their rows, trailing repeats cut off (a clamped partial sum reads the same
-    row), fit 64; otherwise the row kernel reads them."""
+    where the AVX-512 code runs (``wide``, their wide rows [T, C, n_s, WIDE], given); cuts [1, n_s, 1, 2] that
+    every column shares (bit-serial readings of a noise table or of Gaussian noise without offsets) where
+    ``wide`` is given and the entries, trailing repeats cut off (a clamped partial sum reads the same entry),
+    fit a column table (:data:`nn._simd.MAX_LANE_ROWS`); otherwise the row kernel reads them."""
     if per_column:
         tables = None if wide is None else _simd.column_tables(cuts, wide)
         return True, NO_TABLES if tables is None else tables, cuts
     if wide is None:
         return False, NO_TABLES, cuts
-    entries, rows = cuts.reshape(-1, 2), wide.reshape(-1, fused_noise.WIDE)
+    entries = cuts.reshape(-1, 2)
     n = entries.shape[0]
-    while n > 1 and (entries[n - 2] == entries[-1]).all() and (rows[n - 2] == rows[-1]).all():
+    while n > 1 and (entries[n - 2] == entries[-1]).all():
         n -= 1
-    tables = _simd.column_tables(entries[None, None, :n], rows[None, None, :n])
+    tables = _simd.column_tables(entries[None, None, :n], wide.reshape(1, 1, -1, fused_noise.WIDE))
     if tables is None:
         return False, NO_TABLES, cuts
     return True, tables, cuts.reshape(1, 1, -1, 2)
@@ -120,7 +120,7 @@ if AVAILABLE:
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
         (every tile and column its own), or cuts [1, 1, n_s, 2] that every column shares (a noise table, whose
         ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``tables``: the
-        cuts' column tables [T, C, TABLE] (:func:`nn._simd.column_tables`; [1, 1, TABLE] shared), read by the
+        cuts' column tables (:func:`nn._simd.column_tables`; [1, 1, ...] shared), read by the
         AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
@@ -152,8 +152,10 @@ if AVAILABLE:
                         ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared cuts)
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
                         if simd:
+                            head = tables.shape[2] - _simd.HEADER
                             any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
-                                                          tables[ti, ci].ctypes.data, s_lo, n_r,
+                                                          tables[ti, ci].ctypes.data, s_lo, tables[ti, ci, head],
+                                                          n_s, tables[ti, ci, head + 1], n_r,
                                                           code.ctypes.data, slow.ctypes.data) != 0
                         else:
                             any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)

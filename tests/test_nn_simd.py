@@ -20,7 +20,7 @@ needs_lib = pytest.mark.skipif(not _simd.ENABLED, reason="nn/libcimsimd.so not b
 
 
 _V, _I = ctypes.c_void_p, ctypes.c_int64
-_ARGS = {"cim_column_codes": ([_V, _V, _I, _V, _I, _I, _V, _V], _I),
+_ARGS = {"cim_column_codes": ([_V, _V, _I, _V, _I, _I, _I, _I, _I, _V, _V], _I),
          "cim_column_add": ([_V, _I, _I, _V, _V, _I, ctypes.c_double, _V], None)}
 
 
@@ -53,22 +53,42 @@ def _column(seed: int, n_codes: int = 31):
     return thr, _simd.column_tables(cuts, fused_noise.wide_gaussian(thr, s_lo, n_s, 0.4)), cuts, s_lo, n_s
 
 
-def _readings(rng, tables, cuts, c, s_lo, n, lane):
-    """Partial sums (some beyond the table on both sides) and random words: a quarter of them set so that the
+def _table(rows: int, step: float):
+    """(cdf, median, cuts [1, 1, rows, 2], its column table) of a 32-code noise table whose partial sums 0..rows-1
+    move by ``step`` codes each (Gaussian, sigma 0.45 codes), through nn.fused_columns.plan."""
+    edges = np.arange(31) + 0.5
+    cdf = np.ones((rows, 34))
+    cdf[:, 0], cdf[:, -1] = -1.0, 2.0
+    for r in range(rows):
+        cdf[r, 1:33] = np.append(stats.norm.cdf((edges - r * step) / 0.45), 1.0)
+    median = (cdf[:, 1:33] <= 0.5).sum(1)
+    wide = fused_noise.wide_table(cdf, median)
+    _, tables, cuts = fused_columns.plan(fused_noise.table_cuts(cdf, median), False, wide)
+    return cdf, median, cuts, tables
+
+
+def _header(table) -> tuple[int, int]:
+    """(lane rows, first row the lanes do not hold) of one column table."""
+    return int(table[-_simd.HEADER]), int(table[-_simd.HEADER + 1])
+
+
+def _readings(rng, table, cuts, c, s_lo, n, lane, span):
+    """Partial sums ``span`` (some beyond the table's rows) and random words: a quarter of them set so that the
     reading's 15 bits equal one of its cuts (ties: the slow path), a quarter just outside the window of its
     16-byte entry (which the wide rows decide, or not)."""
-    s = rng.integers(s_lo - 6, s_lo + 70, n).astype(np.int64)
+    rows, _ = _header(table)
+    s = rng.integers(*span, n).astype(np.int64)
     words = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
     sh = np.uint64(16 * lane + 1)
     pick = rng.random(n)
     for i in range(n):
-        r = min(max(s[i] - s_lo, 0), 63)
+        r = min(max(s[i] - s_lo, 0), cuts.shape[2] - 1)
         if pick[i] < 0.25:
             wide = rng.random() < 0.5
             j = rng.integers(0, 13 if wide else 7)
-            u = int(tables[0, c, 512 + 16 * r + j] if wide else tables[0, c, 64 * j + r])
+            u = int(table[8 * rows + 16 * r + j] if wide else table[rows * j + min(r, rows - 1)])
         elif pick[i] < 0.5:
-            entry = cuts[0, c, min(max(s[i] - s_lo, 0), cuts.shape[2] - 1)].view(np.uint16)
+            entry = cuts[0, c, r].view(np.uint16)
             u = int(entry[0]) - 1 if pick[i] < 0.375 else int(entry[6]) + 1
             if not 0 <= u < 2**15:
                 continue
@@ -79,39 +99,54 @@ def _readings(rng, tables, cuts, c, s_lo, n, lane):
 
 
 @needs_lib
-@pytest.mark.parametrize("n", [1, 7, 31, 32, 100, 128, 257])
-def test_column_codes_are_exact_inverse_cdf_draws_where_decided(n):
+@pytest.mark.parametrize("source,n", [("chip", 1), ("chip", 7), ("chip", 31), ("chip", 32), ("chip", 100),
+                                      ("chip", 128), ("chip", 257), ("table100", 128), ("table129", 257)])
+def test_column_codes_are_exact_inverse_cdf_draws_where_decided(source, n):
     """cim_column_codes (and its scalar twin) decide a reading only where its 15 random bits settle the exact
     inverse-CDF draw: every reading it decides has the code numba's readout gives it (nn.fused_columns' 16-byte
     entries, or where those defer, the exact walk of the slow path); every reading it defers (a tie with a cut,
     or beyond the wide window) numba's readout defers too; its any-slow answer matches its flags. At every
-    length (masked tails) and random-word lane; ties and readings beyond the entries' window are exercised."""
+    length (masked tails) and random-word lane; for a chip's 64-row tables and for noise tables of 100 and 129
+    rows (128 lane rows: the upper 64 from memory, the 129th through the wide rows); ties and readings beyond the
+    entries' window are exercised."""
     fns = _both("cim_column_codes", _simd._CODES)
-    thr, tables, cuts, s_lo, n_s = _column(n)
     rng = np.random.default_rng(100 + n)
-    n_slow, n_wider = 0, 0
-    for c in range(tables.shape[1]):
-        lane = c % 4
-        s, words = _readings(rng, tables, cuts, c, s_lo, n, lane)
+    if source == "chip":
+        thr, tables, cuts, s_lo, n_s = _column(n)
+        cdf, span = np.zeros((1, 1)), (s_lo - 6, s_lo + 70)
+    else:
+        rows = int(source[5:])
+        cdf, _, cuts, tables = _table(rows, 0.2)
+        thr, s_lo, n_s, span = np.zeros((1, 1, 1)), 0, rows, (0, rows)
+        assert _header(tables[0, 0]) == ((128, rows) if rows <= 128 else (128, 128))
+    sigma = 0.4 if source == "chip" else 0.0
+    n_slow, n_wider, n_beyond = 0, 0, 0
+    for c in range(12):  # (a noise table: one table, read as 12 columns)
+        lane, ci = c % 4, c if cuts.shape[1] > 1 else 0
+        s, words = _readings(rng, tables[0, ci], cuts, ci, s_lo, n, lane, span)
         want_code, want_slow = np.empty(n, np.int64), np.empty(n, np.bool_)
-        fused_columns._column_codes(s, words, lane, cuts, 0, c, s_lo, np.empty((2, n), np.uint64), want_code,
+        fused_columns._column_codes(s, words, lane, cuts, 0, ci, s_lo, np.empty((2, n), np.uint64), want_code,
                                     want_slow)
         u15 = ((words >> np.uint64(16 * lane + 1)) & np.uint64(0x7FFF)).astype(np.uint16)
         for i in np.flatnonzero(want_slow):  # the exact code (the slow path's walk; its extra bits never matter
-            base = int(cuts[0, c, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48))  # where u15 decides)
-            want_code[i] = fused_noise._slow_code(u15[i], s[i], 0, c, 0, base, np.uint64(9), np.uint64(i), thr,
-                                                  0.4, np.zeros((1, 1)))
+            base = int(cuts[0, ci, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48))  # where u15 decides)
+            want_code[i] = fused_noise._slow_code(u15[i], s[i], 0, ci, s[i] - s_lo, base, np.uint64(9), np.uint64(i),
+                                                  thr, sigma, cdf)
+        rows, limit = _header(tables[0, ci])
         for fn in fns:
             code, slow = np.full(n, -1, np.int64), np.full(n, 7, np.uint8)
-            got_any = fn(_ptr(s), _ptr(words), lane, _ptr(tables[0, c]), s_lo, n, _ptr(code), _ptr(slow))
+            got_any = fn(_ptr(s), _ptr(words), lane, _ptr(tables[0, ci]), s_lo, rows, n_s, limit, n, _ptr(code),
+                         _ptr(slow))
             slow = slow.astype(bool)
             assert set(np.unique(slow)) <= {False, True} and bool(got_any) == slow.any()
             assert not (slow & ~want_slow).any()
             assert np.array_equal(code[~slow], want_code[~slow])
         n_slow += int(slow.sum())
         n_wider += int((want_slow & ~slow).sum())
+        n_beyond += int(((s - s_lo >= limit) & ~slow).sum())
     assert n == 1 or n_slow > 0  # (ties deferred)
-    assert n < 32 or n_wider > 0  # (readings beyond numba's window decided)
+    assert n < 32 or source != "chip" or n_wider > 0  # (readings beyond the entries' window decided)
+    assert source != "table129" or n_beyond > 0  # (row 128, beyond the lanes, decided through the wide rows)
 
 
 @needs_lib
@@ -135,17 +170,19 @@ def test_column_add_equals_the_scalar_twin_bit_for_bit(n_lev):
 
 
 def test_column_tables_hold_the_entries_transposed_then_the_wide_rows():
-    """A column table holds lane j of the entry of partial-sum index r at j * 64 + r (cuts 0-6, then base), then
-    the wide rows: base = (noise-free code - 5) clamped and the cuts floor(2^15 P(code < base + j)), j = 0..12;
-    rows past n_s repeat the last; a range over 64 partial sums gets none."""
+    """A chip's column table holds lane j of the entry of partial-sum index r at j * 64 + r (cuts 0-6, then base;
+    rows past n_s repeat the last), then the wide rows: base = (noise-free code - 5) clamped and the cuts
+    floor(2^15 P(code < base + j)), j = 0..12, then its header (64 rows, every row held); more than 129 entry
+    rows get none."""
     thr, tables, cuts, s_lo, n_s = _column(3)
-    assert tables.shape == (1, 12, _simd.TABLE) and tables.dtype == np.uint16
+    assert tables.shape == (1, 12, 8 * 64 + 16 * n_s + _simd.HEADER) and tables.dtype == np.uint16
+    assert _header(tables[0, 4]) == (64, n_s)
     for c, r in ((0, 0), (5, n_s - 1), (11, n_s // 2), (7, 63)):
         rc = min(r, n_s - 1)
         w0, w1 = (int(v) for v in cuts[0, c, rc])
         want = [(w0 >> (16 * j)) & 0xFFFF for j in range(4)] + [(w1 >> (16 * j)) & 0xFFFF for j in range(4)]
         assert [int(tables[0, c, 64 * j + r]) for j in range(8)] == want
-        row = tables[0, c, 512 + 16 * r : 512 + 16 * (r + 1)]
+        row = tables[0, c, 512 + 16 * rc : 512 + 16 * (rc + 1)]
         sv = s_lo + rc
         t = thr[0, c, 1:-1]
         base = min(max(int((t <= sv).sum()) - 5, 0), len(t) + 1 - 12)
@@ -153,7 +190,7 @@ def test_column_tables_hold_the_entries_transposed_then_the_wide_rows():
         for j in range(13):
             p = stats.norm.cdf((thr[0, c, base + j] - sv) / 0.4) if base + j <= len(t) + 1 else 1.0
             assert abs(int(row[j]) - min(np.floor(p * 2**15), 2**15 - 1)) <= 1
-    assert _simd.column_tables(np.zeros((1, 1, 65, 2), np.uint64), np.zeros((1, 1, 65, 16), np.uint16)) is None
+    assert _simd.column_tables(np.zeros((1, 1, 130, 2), np.uint64), np.zeros((1, 1, 130, 16), np.uint16)) is None
 
 
 def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplog):
@@ -179,10 +216,10 @@ def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplo
         assert not _simd._load() and "is stale (ABI 0" in caplog.text
 
 
-def test_shared_tables_are_trimmed_only_where_the_clamp_reads_the_same_row(monkeypatch):
-    """A noise table's trailing repeated rows are cut off for the column kernel: for every partial sum, the
-    clamped row of the trimmed column table is the full table's (entries and wide rows); a table still longer
-    than 64 rows is left to the row kernel."""
+def test_shared_tables_are_trimmed_only_where_the_clamp_reads_the_same_entry():
+    """A noise table's trailing repeated entries are cut off its lanes for the column kernel: for every partial
+    sum, the clamped lane row is the full table's entry and the wide row is the table's own; a table whose
+    entries still span more than 129 rows is left to the row kernel."""
     rows = 120
     cdf = np.ones((rows, 18))
     cdf[:, 0], cdf[:, -1] = -1.0, 2.0
@@ -191,18 +228,15 @@ def test_shared_tables_are_trimmed_only_where_the_clamp_reads_the_same_row(monke
     median = (cdf[:, 1:17] < 0.5).sum(1)
     cuts, wide = fused_noise.table_cuts(cdf, median), fused_noise.wide_table(cdf, median)
     columns, tables, kept = fused_columns.plan(cuts, False, wide)
-    assert columns and tables.shape == (1, 1, _simd.TABLE) and kept.shape == (1, 1, rows, 2)
-    full = _simd.column_tables(cuts.reshape(1, 1, rows, 2)[:, :, :64], wide[None, None, :64])
-    n = 1 + max(r for r in range(rows) if not ((cuts.reshape(-1, 2)[r] == cuts.reshape(-1, 2)[-1]).all()
-                                                   and (wide[r] == wide[-1]).all()))
+    assert columns and kept.shape == (1, 1, rows, 2) and _header(tables[0, 0]) == (64, rows)
+    entries = cuts.reshape(-1, 2)
+    n = 1 + max(r for r in range(rows) if not (entries[r] == entries[-1]).all())
     assert 50 <= n <= 52
     for r in range(rows):
-        rc = min(r, 63)
-        assert (tables[0, 0, 512 + 16 * rc : 512 + 16 * (rc + 1)] == wide[r]).all()
-        assert (tables[0, 0, [64 * j + rc for j in range(8)]] == cuts[0, r, 0].view(np.uint16)).all()
-    assert (full[0, 0, :512].reshape(8, 64)[:, :n] == tables[0, 0, :512].reshape(8, 64)[:, :n]).all()
-    cdf[:, 1:17] = np.clip((np.arange(1, 17)[None, :] - np.arange(rows)[:, None] * 0.1) / 3.0, 0.0, 1.0)
-    median = (cdf[:, 1:17] < 0.5).sum(1)
+        assert (tables[0, 0, 512 + 16 * r : 512 + 16 * (r + 1)] == wide[r]).all()
+        assert (tables[0, 0, [64 * j + min(r, 63) for j in range(8)]] == entries[r].view(np.uint16)).all()
+    assert _header(_table(129, 0.2)[3][0, 0]) == (128, 128) and _header(_table(100, 0.2)[3][0, 0]) == (128, 100)
+    cdf, median = _table(140, 0.2)[:2]
     columns, tables, _ = fused_columns.plan(fused_noise.table_cuts(cdf, median), False,
                                             fused_noise.wide_table(cdf, median))
     assert not columns and tables.shape[0] == 0
