@@ -2,13 +2,15 @@
 
 ``ngspice_setup.sh`` compiles ``nn/_simd.c`` into ``nn/libcimsimd.so`` with the system C compiler. Where that library
 is present, current (its ABI number matches) and the CPU has AVX-512 (F, BW, VL, DQ), its symbols are loaded
-into numba's symbol table and :data:`ENABLED` is true: :mod:`nn.fused_columns` then reads a chip's noisy
-Gaussian readings through :func:`column_codes` (the cut table held in registers). Otherwise the kernels keep
-their numba code and the engine's results do not change: both paths give the same codes bit for bit (tested).
+into numba's symbol table and :data:`ENABLED` is true: :mod:`nn.fused_columns` then reads noisy bit-serial
+readings through cut tables (a chip's per-column Gaussian cuts, noise tables, Gaussian noise without offsets)
+with :func:`column_codes` (the cut entries held in registers) and :func:`column_add`. Otherwise the kernels
+keep their numba code and the engine's results do not change: both paths give the same output bit for bit
+(tested).
 
 The kernel always links against the library's symbols; where the library is not loaded they resolve to numba
 ``cfunc`` s with the same contract (:func:`_column_codes_scalar`, :func:`_column_add_scalar`), which the engine
-then never calls (it passes no lane tables); the tests compare both implementations with the numba readout.
+then never calls (it passes no column tables); the tests compare both implementations with the numba readout.
 """
 
 from __future__ import annotations
@@ -131,10 +133,10 @@ def column_tables(cuts: np.ndarray, wide: np.ndarray) -> np.ndarray | None:
     entries may be cut short where their trailing rows repeat): the entries' 16-bit lanes transposed (lane j of
     partial-sum index r at j * rows + r; rows = 64, or 128 for m > 64; rows past m repeat the last), then the
     wide rows, then the header (rows, and the first partial-sum index the lanes do not hold: n, or 128 where
-    m = 129). None where m > 129 (the numba code or the row kernel reads those)."""
+    m = 129). None where m > 129 or n > 65535 (the numba code or the row kernel reads those)."""
     tiles, cols, m, _ = cuts.shape
     n = wide.shape[2]
-    if m > MAX_LANE_ROWS:
+    if m > MAX_LANE_ROWS or n > 2**16 - 1:  # (the C code holds row indices in 16 bits)
         return None
     rows = ROWS if m <= ROWS else 2 * ROWS
     held = min(m, rows)

@@ -191,6 +191,7 @@ def test_column_tables_hold_the_entries_transposed_then_the_wide_rows():
             p = stats.norm.cdf((thr[0, c, base + j] - sv) / 0.4) if base + j <= len(t) + 1 else 1.0
             assert abs(int(row[j]) - min(np.floor(p * 2**15), 2**15 - 1)) <= 1
     assert _simd.column_tables(np.zeros((1, 1, 130, 2), np.uint64), np.zeros((1, 1, 130, 16), np.uint16)) is None
+    assert _simd.column_tables(np.zeros((1, 1, 2, 2), np.uint64), np.zeros((1, 1, 70_000, 16), np.uint16)) is None
 
 
 def test_the_library_is_left_unloaded_with_a_reason(tmp_path, monkeypatch, caplog):
