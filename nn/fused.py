@@ -426,7 +426,7 @@ def _prepare(cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tensor | None, ge
     noisy = adc.reads_noise and not adc.noise_mean
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noisy else 0
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
-    return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, lev_t.numpy(), colw,
+    return cols, (lo, mode, lut, thr, code0, code0.shape[2] > 1, qstep, np.ascontiguousarray(lev_t.numpy()), colw,
                          float(adc.noise_sigma) if noisy else 0.0, cdf, np.uint64(seed)), (cuts, s_lo)
 
 

@@ -22,7 +22,8 @@ a batch-16 forward (per reading: partial sums and random bits 0.38 ns, gather an
 measured noise table (one row of cuts shared by every column, already in L1) stays on
 :func:`nn.fused._kernel_cuts`, which skips the partial sums of all-zero planes and was faster there.
 
-Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; tables of at most 64 partial sums), a column's codes and
+Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; a chip's tables of at most 64 partial sums, shared ones of
+at most 129), a column's codes and
 its additions are done there instead: the cut entries as per-column lane tables held in registers (one permute
 per cut for 32 readings, no gathers), the readings they cannot decide looked up in wider rows of 13 cuts (with
 a chip's offsets ~0.1 % of readings fell outside the entries' window, each an exact walk of ~200 ns: a quarter
