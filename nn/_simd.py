@@ -32,6 +32,13 @@ ROWS = 64  # partial-sum rows of a lane table in registers (one vpermi2w: two 32
 MAX_LANE_ROWS = 2 * ROWS + 1  # lane rows a table may need: 128 held (the next 64 from memory), the 129th (a
 #   128-row array's partial sum 128) read through the wide rows
 HEADER = 8  # uint16 at a column table's end: its lane rows (64 or 128), the first row the lanes do not hold
+MAX_TABLE_BYTES = 2**27  # a layer's per-column tables up to 128 MiB; beyond, numba's code (a VGG-8 chip's 64-tile
+#   classifier layer would need 291 MB to read 16 rows a batch)
+
+
+def table_bytes(rows: int, n_wide: int) -> int:
+    """Bytes of one column table of ``rows`` lane rows and ``n_wide`` wide rows."""
+    return 2 * (8 * rows + WIDE * n_wide + HEADER)
 LIBRARY = Path(__file__).with_name("libcimsimd.so")
 
 

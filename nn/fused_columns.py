@@ -48,6 +48,15 @@ NO_TABLES = np.zeros((0, 0, _simd.HEADER), np.uint16)  # (the kernel's numba cod
 ROWS = _simd.ROWS  # partial sums a column table holds
 
 
+def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
+    """Whether cut tables of ``n_s`` partial sums get column tables for the AVX-512 code (:data:`SIMD`): shared
+    ones (one table) always; a chip's per-column ones where their range spans at most 64 partial sums and the
+    layer's tables stay within :data:`nn._simd.MAX_TABLE_BYTES`."""
+    if not SIMD:
+        return False
+    return not per_column or (n_s <= ROWS and tiles * cols * _simd.table_bytes(ROWS, n_s) <= _simd.MAX_TABLE_BYTES)
+
+
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:
     """(whether this kernel reads them, its column ``tables``, its ``cuts``) for cut tables ``cuts``: a chip's
     per-column cuts [T, C, n_s, 2] (laid out by column) of bit-serial readings always, with their column tables
