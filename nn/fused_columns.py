@@ -22,8 +22,8 @@ a batch-16 forward (per reading: partial sums and random bits 0.38 ns, gather an
 measured noise table (one row of cuts shared by every column, already in L1) stays on
 :func:`nn.fused._kernel_cuts`, which skips the partial sums of all-zero planes and was faster there.
 
-Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; a chip's tables of at most 64 partial sums, shared ones of
-at most 129), a column's codes and
+Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; tables of at most 129 partial sums, a chip layer's within a
+memory budget), a column's codes and
 its additions are done there instead: the cut entries as per-column lane tables held in registers (one permute
 per cut for 32 readings, no gathers), the readings they cannot decide looked up in wider rows of 13 cuts (with
 a chip's offsets ~0.1 % of readings fell outside the entries' window, each an exact walk of ~200 ns: a quarter
@@ -50,11 +50,13 @@ ROWS = _simd.ROWS  # partial sums a column table holds
 
 def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
     """Whether cut tables of ``n_s`` partial sums get column tables for the AVX-512 code (:data:`SIMD`): shared
-    ones (one table) always; a chip's per-column ones where their range spans at most 64 partial sums and the
+    ones (one table) always; a chip's per-column ones where their range spans at most 129 partial sums and the
     layer's tables stay within :data:`nn._simd.MAX_TABLE_BYTES`."""
     if not SIMD:
         return False
-    return not per_column or (n_s <= ROWS and tiles * cols * _simd.table_bytes(ROWS, n_s) <= _simd.MAX_TABLE_BYTES)
+    rows = ROWS if n_s <= ROWS else 2 * ROWS
+    return not per_column or (n_s <= _simd.MAX_LANE_ROWS
+                              and tiles * cols * _simd.table_bytes(rows, n_s) <= _simd.MAX_TABLE_BYTES)
 
 
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:

@@ -327,6 +327,27 @@ def test_column_by_column_cut_readout_equals_the_row_kernel_bit_for_bit(case, mo
     assert not torch.equal(outs[0], layer.chip_matmul(x_int, w_int))  # (the draws are live: a new seed differs)
 
 
+def test_a_wide_chip_range_reads_through_128_row_tables_bit_for_bit(monkeypatch):
+    """A chip whose per-column cuts span 65-129 partial sums (5-bit ADC over 0..90, 100-row arrays) gets
+    128-row column tables (rows 64-127 from memory); the output is numba's and the row kernel's bit for bit."""
+    adc = ADCConfig(bits=5, noise_sigma=1.2, psum_max=90.0)
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=100, n_macros=1, adcs_per_macro=4),
+                    quant=QuantConfig(weight_bits=2, input_bits=3))
+    torch.manual_seed(9)
+    layer = CIMLinear(200, 6, cim_config=cfg).double()
+    with torch.no_grad():
+        layer.weight.abs_()  # (dense positive cells and inputs: partial sums over the whole 0..100)
+    layer.load_adc_offsets(np.random.default_rng(3).normal(0, 0.5, (1, 4, cfg.adc.n_thresholds)))
+    x = torch.rand(40, 200, dtype=torch.float64) * 4
+    x[:20] = 3.5 + 0.5 * torch.rand(20, 200, dtype=torch.float64)
+    x_int, _, w_int, _ = layer.quantize(x)
+    outs, tables = _three_readouts(layer, x_int, w_int, 2, monkeypatch)
+    assert tables[0][5].shape[2] > 64  # (the cuts' range)
+    if _simd.ENABLED:
+        assert tables[0][1][0, 0, -_simd.HEADER] == 128
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[2])
+
+
 @pytest.mark.parametrize("source,signed", [("table", False), ("table", True), ("gaussian", False), ("gaussian", True)])
 def test_shared_cuts_read_column_by_column_equal_the_row_kernel_bit_for_bit(source, signed, monkeypatch):
     """Cut tables every column shares (a measured noise table; Gaussian noise without offsets) are read by the

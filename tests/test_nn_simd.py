@@ -244,12 +244,13 @@ def test_shared_tables_are_trimmed_only_where_the_clamp_reads_the_same_entry():
 
 
 def test_column_tables_are_built_within_a_budget(monkeypatch):
-    """A chip's per-column tables are built only where the AVX-512 code runs, its range spans at most 64 partial
-    sums and the layer's tables fit the budget (a VGG-8 chip's 64-tile x 2048-column classifier would need
-    ~290 MB); shared tables whenever the code runs."""
+    """A chip's per-column tables are built only where the AVX-512 code runs, its range spans at most 129
+    partial sums and the layer's tables fit the budget (a VGG-8 chip's 64-tile x 2048-column classifier would
+    need ~290 MB; 128 lane rows double the lanes); shared tables whenever the code runs."""
     monkeypatch.setattr(fused_columns, "SIMD", True)
     assert fused_columns.takes(True, 9, 256, 37) and fused_columns.takes(False, 1, 1, 129)
-    assert not fused_columns.takes(True, 64, 2048, 37) and not fused_columns.takes(True, 1, 1, 65)
-    assert 64 * 2048 * _simd.table_bytes(64, 37) > 2.8e8
+    assert fused_columns.takes(True, 9, 256, 120) and not fused_columns.takes(True, 1, 1, 130)
+    assert not fused_columns.takes(True, 64, 2048, 37) and 64 * 2048 * _simd.table_bytes(64, 37) > 2.8e8
+    assert fused_columns.takes(True, 36, 1000, 64) and not fused_columns.takes(True, 36, 1000, 65)  # (2x the lanes)
     monkeypatch.setattr(fused_columns, "SIMD", False)
     assert not fused_columns.takes(False, 1, 1, 10) and not fused_columns.takes(True, 1, 1, 10)
