@@ -36,9 +36,14 @@ MAX_TABLE_BYTES = 2**27  # a layer's per-column tables up to 128 MiB; beyond, nu
 #   classifier layer would need 291 MB to read 16 rows a batch)
 
 
-def table_bytes(rows: int, n_wide: int) -> int:
-    """Bytes of one column table of ``rows`` lane rows and ``n_wide`` wide rows."""
-    return 2 * (8 * rows + WIDE * n_wide + HEADER)
+def lane_rows(m: int) -> int:
+    """Lane rows of a column table whose entries span ``m`` partial sums: 64, or 128 beyond."""
+    return ROWS if m <= ROWS else 2 * ROWS
+
+
+def table_bytes(m: int, n_wide: int) -> int:
+    """Bytes of one column table of entries over ``m`` partial sums and ``n_wide`` wide rows."""
+    return 2 * (8 * lane_rows(m) + WIDE * n_wide + HEADER)
 LIBRARY = Path(__file__).with_name("libcimsimd.so")
 
 
@@ -145,7 +150,7 @@ def column_tables(cuts: np.ndarray, wide: np.ndarray) -> np.ndarray | None:
     n = wide.shape[2]
     if m > MAX_LANE_ROWS or n > 2**16 - 1:  # (the C code holds row indices in 16 bits)
         return None
-    rows = ROWS if m <= ROWS else 2 * ROWS
+    rows = lane_rows(m)
     held = min(m, rows)
     out = np.zeros((tiles, cols, 8 * rows + WIDE * n + HEADER), np.uint16)
     lanes = out[..., : 8 * rows].reshape(tiles, cols, 8, rows)

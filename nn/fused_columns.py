@@ -42,10 +42,7 @@ from nn._numba_prims import AVAILABLE
 
 GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
 SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
-
-
 NO_TABLES = np.zeros((0, 0, _simd.HEADER), np.uint16)  # (the kernel's numba code)
-ROWS = _simd.ROWS  # partial sums a column table holds
 
 
 def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
@@ -54,9 +51,8 @@ def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
     layer's tables stay within :data:`nn._simd.MAX_TABLE_BYTES`."""
     if not SIMD:
         return False
-    rows = ROWS if n_s <= ROWS else 2 * ROWS
     return not per_column or (n_s <= _simd.MAX_LANE_ROWS
-                              and tiles * cols * _simd.table_bytes(rows, n_s) <= _simd.MAX_TABLE_BYTES)
+                              and tiles * cols * _simd.table_bytes(n_s, n_s) <= _simd.MAX_TABLE_BYTES)
 
 
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:

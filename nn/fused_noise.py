@@ -59,12 +59,17 @@ if AVAILABLE:
         return 0.5 * math.erfc(-x * 0.7071067811865476)
 
     @njit(cache=True, inline="always")
+    def _quantize(p):
+        """A cut: floor(p 2^15), at most 2^15 - 1."""
+        return np.uint16(min(max(math.floor(p * _Q), 0.0), _Q - 1.0))
+
+    @njit(cache=True, inline="always")
     def _pack(base, p, out):
         """One entry ``out`` [2]: cuts floor(P_j 2^15) (at most 2^15 - 1) of P_j = P(code < base + j), j = 0..6,
         in the 16-bit lanes 0-3 of word 0 and 0-2 of word 1; ``base`` in lane 3 of word 1."""
         w0, w1 = np.uint64(0), np.uint64(base) << np.uint64(48)
         for j in range(WINDOW + 1):
-            q = np.uint64(min(max(math.floor(p[j] * _Q), 0.0), _Q - 1.0))
+            q = np.uint64(_quantize(p[j]))
             if j < 4:
                 w0 |= q << np.uint64(16 * j)
             else:
@@ -90,22 +95,37 @@ if AVAILABLE:
         """P(code < k | s) for thresholds ``thr`` [T, C, n + 2] between a -inf and a +inf sentinel."""
         return _phi((thr[ti, ci, k] - s) / sigma)
 
+    @njit(cache=True, inline="always")
+    def _gauss_window(thr, t, c, s, sigma, below, p):
+        """base (the noise-free code less ``below``, clamped so the window fits) and p[j] = P(code < base + j),
+        j < len(p), of a Gaussian reading of partial sum ``s``."""
+        n_codes, window = thr.shape[2] - 1, p.shape[0] - 1
+        base = min(max(threshold_count(thr, t, c, s) - below, 0), max(n_codes - window, 0))
+        for j in range(window + 1):
+            p[j] = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
+        return base
+
+    @njit(cache=True, inline="always")
+    def _table_window(cdf, r, median, below, p):
+        """As :func:`_gauss_window` for row ``r`` of a measured table (``cdf`` as :func:`table_cuts`)."""
+        n_codes, window = cdf.shape[1] - 1, p.shape[0] - 1
+        base = min(max(np.int64(median) - below, 0), max(n_codes - window, 0))
+        for j in range(window + 1):
+            p[j] = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
+        return base
+
     @njit(parallel=True, cache=True)
     def gaussian_cuts(thr, s_lo, n_s, sigma, by_column=False):
         """Cut table [T, n_s, C, 2] of Gaussian readings for partial sums s_lo .. s_lo + n_s - 1 (columns
         innermost: neighbouring columns reading the same partial sum share cache lines); ``by_column``: laid
         out [T, C, n_s, 2] instead, a column's entries contiguous (:mod:`nn.fused_columns`)."""
-        tiles, cols, width = thr.shape
-        n_codes = width - 1
+        tiles, cols, _ = thr.shape
         out = np.empty((tiles, cols, n_s, 2) if by_column else (tiles, n_s, cols, 2), np.uint64)
         for t in prange(tiles):
             p = np.ones(WINDOW + 1)
             for c in range(cols):
                 for r in range(n_s):
-                    s = np.float64(s_lo + r)
-                    base = min(max(threshold_count(thr, t, c, s) - 2, 0), max(n_codes - WINDOW, 0))
-                    for j in range(WINDOW + 1):
-                        p[j] = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
+                    base = _gauss_window(thr, t, c, np.float64(s_lo + r), sigma, 2, p)
                     _pack(base, p, out[t, c, r] if by_column else out[t, r, c])
         return out
 
@@ -113,52 +133,41 @@ if AVAILABLE:
     def table_cuts(cdf, median):
         """Cut table [1, rows, 1, 2] of a measured noise table; ``cdf`` [rows, codes + 1] holds P(code < k)
         between a -1 and a 2 sentinel, ``median`` the row's median code."""
-        rows, width = cdf.shape
-        n_codes = width - 1
+        rows = cdf.shape[0]
         out = np.empty((1, rows, 1, 2), np.uint64)
         p = np.ones(WINDOW + 1)
         for r in range(rows):
-            base = min(max(np.int64(median[r]) - 2, 0), max(n_codes - WINDOW, 0))
-            for j in range(WINDOW + 1):
-                p[j] = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
-            _pack(base, p, out[0, r, 0])
+            _pack(_table_window(cdf, r, median[r], 2, p), p, out[0, r, 0])
         return out
 
     @njit(cache=True, inline="always")
-    def _quantize(p):
-        """A cut: floor(p 2^15), at most 2^15 - 1."""
-        return np.uint16(min(max(math.floor(p * _Q), 0.0), _Q - 1.0))
+    def _wide_row(base, p, out):
+        """One wide row ``out`` [WIDE]: the cuts of p [WIDE_WINDOW + 1], then ``base``."""
+        for j in range(WIDE_WINDOW + 1):
+            out[j] = _quantize(p[j])
+        out[WIDE_WINDOW + 1] = base
 
     @njit(parallel=True, cache=True)
     def wide_gaussian(thr, s_lo, n_s, sigma):
         """Wide rows [T, C, n_s, WIDE] of Gaussian readings of thresholds ``thr`` [T, C, n + 2] (as
         :func:`gaussian_cuts`) for partial sums s_lo .. s_lo + n_s - 1."""
-        tiles, cols, width = thr.shape
-        n_codes = width - 1
+        tiles, cols, _ = thr.shape
         out = np.zeros((tiles, cols, n_s, WIDE), np.uint16)
         for t in prange(tiles):
+            p = np.ones(WIDE_WINDOW + 1)
             for c in range(cols):
                 for r in range(n_s):
-                    s = np.float64(s_lo + r)
-                    base = min(max(threshold_count(thr, t, c, s) - WIDE_BELOW, 0), max(n_codes - WIDE_WINDOW, 0))
-                    for j in range(WIDE_WINDOW + 1):
-                        p = _gauss_p(thr, t, c, base + j, s, sigma) if base + j <= n_codes else 1.0
-                        out[t, c, r, j] = _quantize(p)
-                    out[t, c, r, WIDE_WINDOW + 1] = base
+                    _wide_row(_gauss_window(thr, t, c, np.float64(s_lo + r), sigma, WIDE_BELOW, p), p, out[t, c, r])
         return out
 
     @njit(cache=True)
     def wide_table(cdf, median):
         """Wide rows [rows, WIDE] of a measured noise table (``cdf`` and ``median`` as :func:`table_cuts`)."""
-        rows, width = cdf.shape
-        n_codes = width - 1
+        rows = cdf.shape[0]
         out = np.zeros((rows, WIDE), np.uint16)
+        p = np.ones(WIDE_WINDOW + 1)
         for r in range(rows):
-            base = min(max(np.int64(median[r]) - WIDE_BELOW, 0), max(n_codes - WIDE_WINDOW, 0))
-            for j in range(WIDE_WINDOW + 1):
-                p = min(max(cdf[r, base + j], 0.0), 1.0) if base + j <= n_codes else 1.0
-                out[r, j] = _quantize(p)
-            out[r, WIDE_WINDOW + 1] = base
+            _wide_row(_table_window(cdf, r, median[r], WIDE_BELOW, p), p, out[r])
         return out
 
     @njit(cache=True)

@@ -250,7 +250,7 @@ def test_column_tables_are_built_within_a_budget(monkeypatch):
     monkeypatch.setattr(fused_columns, "SIMD", True)
     assert fused_columns.takes(True, 9, 256, 37) and fused_columns.takes(False, 1, 1, 129)
     assert fused_columns.takes(True, 9, 256, 120) and not fused_columns.takes(True, 1, 1, 130)
-    assert not fused_columns.takes(True, 64, 2048, 37) and 64 * 2048 * _simd.table_bytes(64, 37) > 2.8e8
+    assert not fused_columns.takes(True, 64, 2048, 37) and 64 * 2048 * _simd.table_bytes(37, 37) > 2.8e8
     assert fused_columns.takes(True, 36, 1000, 64) and not fused_columns.takes(True, 36, 1000, 65)  # (2x the lanes)
     monkeypatch.setattr(fused_columns, "SIMD", False)
     assert not fused_columns.takes(False, 1, 1, 10) and not fused_columns.takes(True, 1, 1, 10)
