@@ -14,6 +14,7 @@ CPU-only: "fused" and "reference" are then the same code), timed with a synchron
 ``--sync-check`` runs one more forward of each model under ``torch.cuda.set_sync_debug_mode("warn")`` and
 counts the operations that wait for the GPU (the engine loop should issue none).
 Run: .venv/bin/python benchmarks/bench_engine.py [--batch 16] [--runs 3] [--device cpu|cuda] [--sync-check]
+     [--psum-max 31] [--sigma 0.5]   (the ADC's full scale; the Gaussian chip's noise, both in partial sums)
 """
 
 from __future__ import annotations
@@ -89,25 +90,31 @@ def main() -> None:
     add_device_arg(ap)
     ap.add_argument("--chunk-elements", type=int, default=None, help="the runtime's chunk size (default: its own)")
     ap.add_argument("--sync-check", action="store_true", help="count CUDA host syncs per forward (cuda only)")
+    ap.add_argument("--psum-max", type=float, default=31.0, help="the ADC's full scale in partial sums (default 31)")
+    ap.add_argument("--sigma", type=float, default=0.5, help="the Gaussian chip's read noise in partial sums")
     args = ap.parse_args()
     dev = args.device
     check_device(ap, dev)
     torch.manual_seed(0)
-    base = BASE if args.chunk_elements is None else replace(
-        BASE, runtime=replace(BASE.runtime, chunk_elements=args.chunk_elements))
+    if not (args.psum_max > 0 and args.sigma > 0):
+        ap.error("--psum-max and --sigma must be > 0")
+    base = replace(BASE, adc=replace(BASE.adc, psum_max=args.psum_max))
+    if args.chunk_elements is not None:
+        base = replace(base, runtime=replace(base.runtime, chunk_elements=args.chunk_elements))
+    gauss = replace(base, adc=replace(base.adc, noise_sigma=args.sigma))
     x = torch.rand(args.batch, 3, 32, 32).to(dev)
     ref = create_model("vgg8").eval()
     models = {
         "fused": _model(base, ref, True),
-        "gaussian": _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True),
+        "gaussian": _model(gauss, ref, True),
         "table": _model(replace(base, adc=replace(base.adc, noise_table=_gaussian_table(128, 32, 0.5))), ref, False),
         "reference": _model(replace(base, runtime=replace(base.runtime, fused=False)), ref, True),
         "multilevel": _model(multilevel(base), ref, True),
     }
     if dev == "cpu":  # the Gaussian chip through the row-by-row cut kernel (before nn/fused_columns.py)
-        models["gaussian_rows"] = _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True)
+        models["gaussian_rows"] = _model(gauss, ref, True)
         if fused_columns.SIMD:  # ... and column by column with numba's codes (before nn/_simd.c)
-            models["gaussian_numba"] = _model(replace(base, adc=replace(base.adc, noise_sigma=0.5)), ref, True)
+            models["gaussian_numba"] = _model(gauss, ref, True)
     ref.to(dev)
     for m in models.values():
         m.to(dev)
