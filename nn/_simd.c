@@ -3,9 +3,11 @@
  * cim_column_codes: the codes of one column's noisy readings, inverse-CDF draws through the column's table
  * (nn._simd.column_tables). Its first 8 x ``rows`` (64 or 128) uint16 are cut entries (nn.fused_noise)
  * transposed, ``lanes``: lane j < 7 of row r the cut floor(2^15 P(code < base + j)) of partial-sum index r,
- * lane 7 ``base``; rows 0-63 are held in registers: 32 readings at a time, each lane is looked up for all of
- * them by one two-register permute (vpermi2w over 64 entries; rows 64-127 by two more, from memory, only where
- * a reading needs them), so no reading gathers from memory. Reading i: r = clamp(s[i] - s_lo, 0, n_wide - 1),
+ * lane 7 ``base``; rows 0-31 are held in registers: 32 readings at a time, each lane is looked up for all of
+ * them by one permute (vpermw over 32 entries; where one of the 32 reads rows 32-63, a two-register vpermi2w
+ * with them loaded from memory, and rows 64-127 by two more), so no reading gathers from memory. (Most partial
+ * sums of a 128-row array are small: in the benchmark's VGG-8, 1e-5-3e-4 of readings are 32 or more; holding
+ * 64 rows in 16 registers spilled some to the stack, and loading only half a table a call halves its traffic.) Reading i: r = clamp(s[i] - s_lo, 0, n_wide - 1),
  * u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j} through lane
  * row min(r, rows - 1), as nn.fused_columns._column_codes computes it. A reading that window cannot decide (u <
  * cut_0, u >= cut_6), or whose r reaches ``limit`` (rows the lanes do not hold), is looked up in the ``n_wide``
@@ -46,23 +48,23 @@ static inline AVX512 __mmask8 first(int64_t left)
     return left >= 8 ? (__mmask8)0xFF : (left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1u));
 }
 
-/* 32 readings' 16-bit (r, u) from 4 x 8 int64 partial sums and random words (masked past n). */
-static inline AVX512 void load32(const int64_t *s, const uint64_t *words, int64_t left, __m512i lo, __m512i top,
+/* 32 readings' 16-bit (r, u) from 4 x 8 int64 partial sums and random words (``valid``: the readings < n). */
+static inline AVX512 void load32(const int64_t *s, const uint64_t *words, __mmask32 valid, __m512i lo, __m512i top,
                                  __m128i sh, __m512i *r, __m512i *u)
 {
-    const __m512i zero = _mm512_setzero_si512(), m15 = _mm512_set1_epi64(0x7FFF);
+    const __m512i zero = _mm512_setzero_si512();
     __m128i rr[4], uu[4];
     for (int q = 0; q < 4; q++) {
-        __mmask8 m = first(left - 8 * q);
+        __mmask8 m = (__mmask8)(valid >> (8 * q));
         __m512i sv = _mm512_maskz_loadu_epi64(m, s + 8 * q);
         rr[q] = _mm512_cvtepi64_epi16(_mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(sv, lo), zero), top));
-        __m512i wv = _mm512_maskz_loadu_epi64(m, words + 8 * q);
-        uu[q] = _mm512_cvtepi64_epi16(_mm512_and_si512(_mm512_srl_epi64(wv, sh), m15));
+        uu[q] = _mm512_cvtepi64_epi16(_mm512_srl_epi64(_mm512_maskz_loadu_epi64(m, words + 8 * q), sh));
     }
     *r = _mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(rr[0]), rr[1], 1),
                                                rr[2], 2), rr[3], 3);
-    *u = _mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(uu[0]), uu[1], 1),
-                                               uu[2], 2), uu[3], 3);
+    *u = _mm512_and_si512(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(uu[0]),
+                                                                                   uu[1], 1), uu[2], 2), uu[3], 3),
+                          _mm512_set1_epi16(0x7FFF));
 }
 
 /* The code of reading (r, u) from its wide row, or -1 where the row cannot decide it either. */
@@ -79,16 +81,19 @@ static inline int64_t wide_code(const uint16_t *row, uint16_t u)
     return code;
 }
 
-/* Lane j of the cut entries for 32 readings' row indices ``rl``: rows 0-63 from the registers, rows 64-127 (a
- * 128-row table, only where some reading needs them: ``hi``) by two more permutes from memory. */
-static inline AVX512 __m512i lane_of(const __m512i *a, const __m512i *b, const uint16_t *table, int64_t rows, int j,
-                                     __m512i rl, __mmask32 hi)
+/* Lane j of the cut entries for 32 readings' row indices ``rl``: rows 0-31 from the registers ``a`` by one
+ * permute; where some reading needs rows 32-63 (``mid``), by a two-register permute with them loaded from memory;
+ * rows 64-127 (a 128-row table, only where some reading needs them: ``hi``) by two more permutes from memory. */
+static inline AVX512 __m512i lane_of(const __m512i *a, const uint16_t *table, int64_t rows, int j, __m512i rl,
+                                     int mid, __mmask32 hi)
 {
-    __m512i v = _mm512_permutex2var_epi16(a[j], rl, b[j]);
+    if (!mid)
+        return _mm512_permutexvar_epi16(rl, a[j]);
+    const uint16_t *p = table + rows * j;
+    __m512i v = _mm512_permutex2var_epi16(a[j], rl, _mm512_loadu_si512((const void *)(p + 32)));
     if (hi) {
-        const uint16_t *p = table + rows * j + 64;
-        __m512i w = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)p), rl,
-                                              _mm512_loadu_si512((const void *)(p + 32)));
+        __m512i w = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(p + 64)), rl,
+                                              _mm512_loadu_si512((const void *)(p + 96)));
         v = _mm512_mask_blend_epi16(hi, v, w);
     }
     return v;
@@ -98,37 +103,36 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
                                 int64_t s_lo, int64_t rows, int64_t n_wide, int64_t limit, int64_t n, int64_t *code,
                                 uint8_t *slow)
 {
-    __m512i a[8], b[8];
-    for (int j = 0; j < 8; j++) {
+    __m512i a[8];
+    for (int j = 0; j < 8; j++)
         a[j] = _mm512_loadu_si512((const void *)(table + rows * j));
-        b[j] = _mm512_loadu_si512((const void *)(table + rows * j + 32));
-    }
     const uint16_t *wide = table + 8 * rows;
     const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(n_wide - 1), one = _mm512_set1_epi16(1);
     const __m512i last = _mm512_set1_epi16((short)(rows - 1)), limit16 = _mm512_set1_epi16((short)limit);
-    const __m512i sixty_four = _mm512_set1_epi16(64);
+    const __m512i thirty_two = _mm512_set1_epi16(32), sixty_four = _mm512_set1_epi16(64);
     const __m128i sh = _mm_cvtsi64_si128(16 * lane + 1);
     uint64_t any = 0;
     for (int64_t i0 = 0; i0 < n; i0 += 32) {
         int64_t left = n - i0;
+        __mmask32 valid = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
         __m512i r, u;
-        load32(s + i0, words + i0, left, lo, top, sh, &r, &u);
+        load32(s + i0, words + i0, valid, lo, top, sh, &r, &u);
         __m512i rl = _mm512_min_epu16(r, last);
+        int mid = _mm512_cmpge_epu16_mask(rl, thirty_two) != 0;
         __mmask32 hi = rows > 64 ? _mm512_cmpge_epu16_mask(rl, sixty_four) : 0;
-        __m512i c = lane_of(a, b, table, rows, 7, rl, hi);
-        __m512i cut = lane_of(a, b, table, rows, 0, rl, hi);
+        __m512i c = lane_of(a, table, rows, 7, rl, mid, hi);
+        __m512i cut = lane_of(a, table, rows, 0, rl, mid, hi);
         __mmask32 bad = _mm512_cmplt_epu16_mask(u, cut) | _mm512_cmpeq_epi16_mask(u, cut)
                         | _mm512_cmpge_epu16_mask(r, limit16);
         for (int j = 1; j < 6; j++) {
-            cut = lane_of(a, b, table, rows, j, rl, hi);
+            cut = lane_of(a, table, rows, j, rl, mid, hi);
             c = _mm512_mask_add_epi16(c, _mm512_cmpge_epu16_mask(u, cut), c, one);
             bad |= _mm512_cmpeq_epi16_mask(u, cut);
         }
-        cut = lane_of(a, b, table, rows, 6, rl, hi);
+        cut = lane_of(a, table, rows, 6, rl, mid, hi);
         bad |= _mm512_cmpge_epu16_mask(u, cut);
-        __mmask32 valid = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
         bad &= valid;
-#define STORE8(q) _mm512_mask_storeu_epi64(code + i0 + 8 * (q), first(left - 8 * (q)), \
+#define STORE8(q) _mm512_mask_storeu_epi64(code + i0 + 8 * (q), (__mmask8)(valid >> (8 * (q))), \
                                          _mm512_cvtepu16_epi64(_mm512_extracti64x2_epi64(c, (q))))
         STORE8(0); STORE8(1); STORE8(2); STORE8(3);
 #undef STORE8

@@ -28,7 +28,7 @@ from nn.fused_noise import WIDE, WIDE_WINDOW
 logger = logging.getLogger(__name__)
 
 ABI = 4  # CIM_SIMD_ABI of nn/_simd.c
-ROWS = 64  # partial-sum rows of a lane table in registers (one vpermi2w: two 32-lane registers)
+ROWS = 64  # partial-sum rows of a lane table's first half (0-31 held in registers, 32-63 loaded where needed)
 MAX_LANE_ROWS = 2 * ROWS + 1  # lane rows a table may need: 128 held (the next 64 from memory), the 129th (a
 #   128-row array's partial sum 128) read through the wide rows
 HEADER = 8  # uint16 at a column table's end: its lane rows (64 or 128), the first row the lanes do not hold

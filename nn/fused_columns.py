@@ -41,6 +41,7 @@ from nn import _simd, fused_noise
 from nn._numba_prims import AVAILABLE
 
 GROUP = 4  # columns sharing one random word (nn.fused_noise.reading_bits)
+BLOCK = 32  # rows per block: a column's table, loaded once a block, serves 32 x planes readings
 SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a layer builds its tables)
 NO_TABLES = np.zeros((0, 0, _simd.HEADER), np.uint16)  # (the kernel's numba code)
 
@@ -134,7 +135,7 @@ if AVAILABLE:
         cols = wp.shape[3]
         n_s = cuts.shape[2]
         simd = tables.shape[0] > 0
-        kstep = np.uint64(planes)
+        kstep, kstride = np.uint64(planes), np.uint64(tiles * cols * planes)
         bw = bitw_int.astype(np.float64)
         for blk in prange((m_rows + block - 1) // block):
             m0 = blk * block
@@ -152,10 +153,10 @@ if AVAILABLE:
                         for k in range(n_words):
                             xb[k, p * nb + mi] = xw[m0 + mi, t, p, k]
                 for g in range(0, cols, GROUP):
-                    for mi in range(nb):  # the group's random words: column g's reading keys
-                        key0 = np.uint64(((m0 + mi) * tiles + t) * cols * planes + g * planes)
-                        for p in range(planes):
-                            words[p * nb + mi] = _bits(seed, key0 + np.uint64(p), 0)
+                    key0 = np.uint64((m0 * tiles + t) * cols * planes + g * planes)
+                    for p in range(planes):  # the group's random words: column g's reading keys (rows innermost:
+                        for mi in range(nb):  # the hashes vectorize)
+                            words[p * nb + mi] = _bits(seed, key0 + np.uint64(mi) * kstride + np.uint64(p), 0)
                     for c in range(g, min(g + GROUP, cols)):
                         ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared cuts)
                         _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
