@@ -25,7 +25,7 @@
  */
 #include <stdint.h>
 
-#define CIM_SIMD_ABI 4
+#define CIM_SIMD_ABI 5
 #define WIDE 16      /* nn.fused_noise.WIDE: uint16 per wide row */
 #define WIDE_CUTS 13 /* its cuts (a window of 12 codes), then base */
 
@@ -100,7 +100,7 @@ static inline AVX512 __m512i lane_of(const __m512i *a, const uint16_t *table, in
 }
 
 AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *table,
-                                int64_t s_lo, int64_t rows, int64_t n_wide, int64_t limit, int64_t n, int64_t *code,
+                                int64_t s_lo, int64_t rows, int64_t n_wide, int64_t limit, int64_t n, uint16_t *code,
                                 uint8_t *slow)
 {
     __m512i a[8];
@@ -132,10 +132,7 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
         cut = lane_of(a, table, rows, 6, rl, mid, hi);
         bad |= _mm512_cmpge_epu16_mask(u, cut);
         bad &= valid;
-#define STORE8(q) _mm512_mask_storeu_epi64(code + i0 + 8 * (q), (__mmask8)(valid >> (8 * (q))), \
-                                         _mm512_cvtepu16_epi64(_mm512_extracti64x2_epi64(c, (q))))
-        STORE8(0); STORE8(1); STORE8(2); STORE8(3);
-#undef STORE8
+        _mm512_mask_storeu_epi16(code + i0, valid, c);
         if (bad) {  /* the wide rows decide what they can */
             uint16_t rr[32], uu[32];
             _mm512_storeu_si512((void *)rr, r);
@@ -144,7 +141,7 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
                 int q = __builtin_ctz(m);
                 int64_t k = wide_code(wide + WIDE * rr[q], uu[q]);
                 if (k >= 0) {
-                    code[i0 + q] = k;
+                    code[i0 + q] = (uint16_t)k;
                     bad &= ~((__mmask32)1 << q);
                 }
             }
@@ -158,7 +155,7 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
 /* acc[mi] += (bw[p] * lev[code[p * nb + mi]]) * w for p = 0 .. planes - 1 in this order, mi < nb: a column's
  * weighted readings added into its accumulators (plane-major readings; multiply, multiply, add, each rounded,
  * as numba's loop does them: no FMA). Levels up to 32 are looked up in registers, more gathered. */
-AVX512 void cim_column_add(const int64_t *code, int64_t nb, int64_t planes, const double *bw, const double *lev,
+AVX512 void cim_column_add(const uint16_t *code, int64_t nb, int64_t planes, const double *bw, const double *lev,
                            int64_t n_lev, double w, double *acc)
 {
     __m512d l[4];
@@ -170,7 +167,7 @@ AVX512 void cim_column_add(const int64_t *code, int64_t nb, int64_t planes, cons
         __mmask8 m = first(nb - m0);
         __m512d a = _mm512_maskz_loadu_pd(m, acc + m0);
         for (int64_t p = 0; p < planes; p++) {
-            __m512i idx = _mm512_maskz_loadu_epi64(m, code + p * nb + m0);
+            __m512i idx = _mm512_cvtepu16_epi64(_mm_maskz_loadu_epi16(m, code + p * nb + m0));
             __m512d v;
             if (n_lev <= 32) {
                 __mmask8 high = _mm512_cmpge_epi64_mask(idx, sixteen);

@@ -27,7 +27,7 @@ from nn.fused_noise import WIDE, WIDE_WINDOW
 
 logger = logging.getLogger(__name__)
 
-ABI = 4  # CIM_SIMD_ABI of nn/_simd.c
+ABI = 5  # CIM_SIMD_ABI of nn/_simd.c
 ROWS = 64  # partial-sum rows of a lane table's first half (0-31 held in registers, 32-63 loaded where needed)
 MAX_LANE_ROWS = 2 * ROWS + 1  # lane rows a table may need: 128 held (the next 64 from memory), the 129th (a
 #   128-row array's partial sum 128) read through the wide rows
@@ -105,7 +105,7 @@ if AVAILABLE:
                     bad = bad or u == row[j]
                     if 1 <= j <= WIDE_WINDOW - 1 and u >= row[j]:
                         k += 1
-            code[i] = k
+            code[i] = np.uint16(k)
             slow[i] = 1 if bad else 0
             any_slow |= slow[i]
         return np.int64(any_slow)
@@ -120,8 +120,8 @@ if AVAILABLE:
 
     _i64, _f64, _ptr = types.int64, types.float64, types.CPointer
     _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _i64, _i64, _i64,
-                          _ptr(_i64), _ptr(types.uint8)), _column_codes_scalar)
-    _ADD = types.void(_ptr(_i64), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
+                          _ptr(types.uint16), _ptr(types.uint8)), _column_codes_scalar)
+    _ADD = types.void(_ptr(types.uint16), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
 
     def _external(name: str, sig, scalar):  # noqa: ANN001, ANN202 - numba signatures
         """numba's declaration of the C function ``name`` (pointers passed as ``array.ctypes.data``); where the

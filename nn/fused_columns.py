@@ -145,7 +145,7 @@ if AVAILABLE:
             xb = np.empty((n_words, n_r), np.uint64)
             s = np.empty(n_r, np.int64)
             words = np.empty(n_r, np.uint64)
-            code, slow = np.empty(n_r, np.int64), np.empty(n_r, np.bool_)
+            code, slow = np.empty(n_r, np.uint16), np.empty(n_r, np.bool_)  # (codes < 2^16, as in the tables)
             e = np.empty((2, n_r), np.uint64)
             for t in range(tiles):
                 for mi in range(nb):  # readings plane-major: i = p * nb + mi

@@ -136,7 +136,7 @@ def test_column_codes_are_exact_inverse_cdf_draws_where_decided(source, n):
                                                   thr, sigma, cdf)
         rows, limit = _header(tables[0, ci])
         for fn in fns:
-            code, slow = np.full(n, -1, np.int64), np.full(n, 7, np.uint8)
+            code, slow = np.full(n, 65535, np.uint16), np.full(n, 7, np.uint8)
             got_any = fn(_ptr(s), _ptr(words), lane, _ptr(tables[0, ci]), s_lo, rows, n_s, limit, n, _ptr(code),
                          _ptr(slow))
             slow = slow.astype(bool)
@@ -160,7 +160,7 @@ def test_column_add_equals_the_scalar_twin_bit_for_bit(n_lev):
     rng = np.random.default_rng(n_lev)
     lev = rng.normal(0, 3, n_lev) * 1.37
     for nb, planes in ((1, 1), (7, 8), (16, 8), (17, 3)):
-        code = rng.integers(0, n_lev, nb * planes).astype(np.int64)
+        code = rng.integers(0, n_lev, nb * planes).astype(np.uint16)
         bw = rng.normal(0, 10, planes)
         acc0 = rng.normal(0, 1e3, nb)
         accs = []
