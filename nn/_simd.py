@@ -118,10 +118,10 @@ if AVAILABLE:
             for mi in range(nb):
                 acc[mi] += bw[p] * lev[code[p * nb + mi]] * w
 
-    _i64, _f64, _ptr = types.int64, types.float64, types.CPointer
-    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(types.uint16), _i64, _i64, _i64, _i64, _i64,
-                          _ptr(types.uint16), _ptr(types.uint8)), _column_codes_scalar)
-    _ADD = types.void(_ptr(types.uint16), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
+    _i64, _u16, _f64, _ptr = types.int64, types.uint16, types.float64, types.CPointer
+    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(_u16), _i64, _i64, _i64, _i64, _i64, _ptr(_u16),
+                          _ptr(types.uint8)), _column_codes_scalar)
+    _ADD = types.void(_ptr(_u16), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
 
     def _external(name: str, sig, scalar):  # noqa: ANN001, ANN202 - numba signatures
         """numba's declaration of the C function ``name`` (pointers passed as ``array.ctypes.data``); where the

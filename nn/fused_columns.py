@@ -174,8 +174,7 @@ if AVAILABLE:
                                     mi, p = i % nb, i // nb
                                     key = np.uint64(((m0 + mi) * tiles + t) * cols * planes + p) + np.uint64(c) * kstep
                                     u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1)) & np.uint64(0x7FFF))
-                                    base = cuts[ti, ci, min(max(s[i] - s_lo, 0), n_s - 1), 1] >> np.uint64(48)
-                                    code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo, np.int64(base),
+                                    code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo, np.int64(code[i]),
                                                                      seed, key, thr, sigma, cdf)
                         # per output the additions run in plane order, as in _kernel_cuts
                         if simd:

@@ -171,10 +171,12 @@ if AVAILABLE:
         return out
 
     @njit(cache=True)
-    def _slow_code(u15, s, ti, ci, row, base, seed, key, thr, sigma, cdf):
-        """Exact inverse-CDF code of a reading the cuts could not decide (a tie or outside the window)."""
+    def _slow_code(u15, s, ti, ci, row, start, seed, key, thr, sigma, cdf):
+        """Exact inverse-CDF code of a reading the cuts could not decide (a tie or outside the window): the code a
+        with P(code < a) <= u < P(code < a + 1), walked to from ``start`` (any code; the closer, the fewer CDF
+        evaluations: a tie with a cut is one step from the cuts' count)."""
         u = (np.float64(u15) + _uniform(seed, key, 1)) * (1.0 / _Q)
-        a = base
+        a = min(max(start, 0), (thr.shape[2] if sigma > 0.0 else cdf.shape[1]) - 2)
         if sigma > 0.0:
             sf = np.float64(s)
             while _gauss_p(thr, ti, ci, a + 1, sf, sigma) <= u:
@@ -242,8 +244,7 @@ if AVAILABLE:
             for c in range(s.shape[0]):
                 if slow[c]:
                     code[c] = _slow_code(lanes[c] >> np.uint16(1), s[c], ti, c if thr.shape[1] > 1 else 0,
-                                         s[c] - lo, np.int64(e[1, c] >> np.uint64(48)), seed,
-                                         key0 + np.uint64(c) * kstep, thr, sigma, cdf)
+                                         s[c] - lo, code[c], seed, key0 + np.uint64(c) * kstep, thr, sigma, cdf)
 
     @njit(cache=True, inline="always")
     def cut_codes(s, t, tab, s_lo, lo, seed, key0, kstep, thr, sigma, cdf, e, code, slow):

@@ -83,3 +83,28 @@ def test_table_cut_codes_are_the_exact_inverse_cdf_draw_for_draw():
         u = _uniforms(seed, key0, 1, cols)
         exact = (u[:, None] >= cdf[s - lo]).sum(-1)
         assert np.array_equal(exact, code)
+
+
+def test_the_slow_path_reaches_the_exact_code_from_any_start():
+    """_slow_code walks to the code a with P(code < a) <= u < P(code < a + 1) whatever code it starts from
+    (the kernels start it at the cuts' count, a step from the answer; starts outside the codes are clamped):
+    Gaussian thresholds with offsets and a table with zero-probability codes."""
+    rng = np.random.default_rng(2)
+    thr = _padded(np.arange(15)[None, None, :] + 0.5 + rng.normal(0, 0.6, (1, 1, 15)))
+    table = rng.dirichlet(np.full(8, 0.4), size=4)
+    table[2] = 0
+    table[2, [0, 7]] = 0.5
+    cdf = np.ascontiguousarray(np.concatenate([-np.ones((4, 1)), np.cumsum(table, -1)[:, :-1], 2 * np.ones((4, 1))],
+                                              -1))
+    seed = np.uint64(11)
+    for trial in range(200):
+        key = np.uint64(trial)
+        u15 = np.uint16(rng.integers(0, 2**15))
+        u = (int(u15) + fused_noise._uniform(seed, key, 1)) / 32768
+        s = int(rng.integers(-2, 18))
+        p = 0.5 * np.vectorize(math.erfc)(-(thr[0, 0, 1:-1] - s) / 0.7 / math.sqrt(2))
+        row = trial % 4
+        for sigma, want, top in ((0.7, int((u >= p).sum()), 15), (0.0, int((u >= cdf[row, 1:-1]).sum()), 7)):
+            got = {int(fused_noise._slow_code(u15, s, 0, 0, row, np.int64(a), seed, key, thr, sigma, cdf))
+                   for a in range(-3, top + 4)}
+            assert got == {want}
