@@ -446,7 +446,9 @@ def _run(xw: np.ndarray, cells: torch.Tensor, cfg: CIMConfig, shift: torch.Tenso
     serial = quant.input_mode == "bit_serial"
     if mode == MODE_CUT_COLUMNS:
         fused_columns.kernel_cuts_columns(xw, wp, wm, signed, xnor, ssum, bitw_int, n, lo, thr, lev, colw, sigma, cdf,
-                                          seed, *cut, lut, fused_columns.BLOCK, out)  # type: ignore[call-arg]
+                                          seed, *cut, lut, fused_columns.BLOCK,
+                                          fused_columns.splits(xw.shape[0], fused_columns.BLOCK, n,
+                                                               numba.get_num_threads()), out)  # type: ignore[call-arg]
     elif mode == MODE_CUTS:
         _kernel_cuts(xw, wp, wm, signed, xnor, ssum, serial, bitw_int, n, lo, thr, lev, colw, sigma, cdf, seed,
                      *cut, out)  # type: ignore[call-arg]

@@ -23,14 +23,17 @@ measured noise table (one row of cuts shared by every column, already in L1) sta
 :func:`nn.fused._kernel_cuts`, which skips the partial sums of all-zero planes and was faster there.
 
 Where nn/_simd.c's AVX-512 code runs (:data:`SIMD`; tables of at most 129 partial sums, a chip layer's within a
-memory budget), a column's codes and
-its additions are done there instead: the cut entries as per-column lane tables held in registers (one permute
-per cut for 32 readings, no gathers), the readings they cannot decide looked up in wider rows of 13 cuts (with
+memory budget), a column's codes and its additions are done there instead: the cut entries as per-column lane
+tables, rows 0-31 held in registers (one permute per cut for 32 readings, no gathers; rows 32-63 loaded only
+for the 32 readings that need them), the readings they cannot decide looked up in wider rows of 13 cuts (with
 a chip's offsets ~0.1 % of readings fell outside the entries' window, each an exact walk of ~200 ns: a quarter
 of the readout), and the additions vectorized over the block's rows (readings are plane-major, i = plane x rows
 + row, for that). Tables every column shares (a measured noise table, Gaussian noise without offsets) are read
 here too. Same codes, same float order: the output is bit for bit that of the numba code and of the row kernel
-(tested). Kernel time of the benchmark's noisy layers, one thread: numba 2.1-2.5 s, AVX-512 1.1 s.
+(tested). Kernel time of the benchmark's noisy layers, one thread: numba 2.1-2.5 s, AVX-512 1.1 s, then less
+with 32-row blocks (a column's table, fetched once a block, serves twice the readings: the big layers' tables
+do not stay in cache), random words hashed rows innermost (vectorized) and the slow path's walk started at the
+cuts' count (benchmarks/RESULTS.md). A block of few rows (a batch's classifier) is split over output ranges.
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
         return False
     return not per_column or (n_s <= _simd.MAX_LANE_ROWS
                               and tiles * cols * _simd.table_bytes(n_s, n_s) <= _simd.MAX_TABLE_BYTES)
+
+
+def splits(m_rows: int, block: int, n_out: int, threads: int) -> int:
+    """Tasks per block of :func:`kernel_cuts_columns`: 1 where the blocks alone give every thread two or more;
+    else enough output ranges (of at least 8 outputs) for that."""
+    blocks = -(-m_rows // block)
+    return 1 if blocks >= 2 * threads else max(1, min(n_out // 8, -(-2 * threads // blocks)))
 
 
 def plan(cuts: np.ndarray, per_column: bool, wide: np.ndarray | None) -> tuple[bool, np.ndarray, np.ndarray]:
@@ -124,20 +134,25 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True)
     def kernel_cuts_columns(xw, wp, wm, minus, xnor, ssum, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
-                            cuts, s_lo, tables, block, out):
+                            cuts, s_lo, tables, block, splits, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
         (every tile and column its own), or cuts [1, 1, n_s, 2] that every column shares (a noise table, whose
         ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``tables``: the
         cuts' column tables (:func:`nn._simd.column_tables`; [1, 1, ...] shared), read by the
-        AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code."""
+        AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code. Each block is split into ``splits`` tasks
+        over the outputs (the columns c = n + j n_out of outputs n in a range; :func:`splits`), so that layers
+        of few rows (a batch's classifier) run on every thread; the sums are the same whatever the split."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
         n_s = cuts.shape[2]
         simd = tables.shape[0] > 0
         kstep, kstride = np.uint64(planes), np.uint64(tiles * cols * planes)
         bw = bitw_int.astype(np.float64)
-        for blk in prange((m_rows + block - 1) // block):
+        n_sub = (cols + n_out - 1) // n_out  # columns c = n + j * n_out, j < n_sub, are output n's
+        for task in prange(((m_rows + block - 1) // block) * splits):
+            blk, part = task // splits, task % splits
+            n0, n1 = part * n_out // splits, (part + 1) * n_out // splits  # this task's outputs
             m0 = blk * block
             nb = min(block, m_rows - m0)
             n_r = nb * planes
@@ -152,42 +167,47 @@ if AVAILABLE:
                     for p in range(planes):
                         for k in range(n_words):
                             xb[k, p * nb + mi] = xw[m0 + mi, t, p, k]
-                for g in range(0, cols, GROUP):
-                    key0 = np.uint64((m0 * tiles + t) * cols * planes + g * planes)
-                    for p in range(planes):  # the group's random words: column g's reading keys (rows innermost:
-                        for mi in range(nb):  # the hashes vectorize)
-                            words[p * nb + mi] = _bits(seed, key0 + np.uint64(mi) * kstride + np.uint64(p), 0)
-                    for c in range(g, min(g + GROUP, cols)):
-                        ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared cuts)
-                        _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
-                        if simd:
-                            head = tables.shape[2] - _simd.HEADER
-                            any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
-                                                          tables[ti, ci].ctypes.data, s_lo, tables[ti, ci, head],
-                                                          n_s, tables[ti, ci, head + 1], n_r,
-                                                          code.ctypes.data, slow.ctypes.data) != 0
-                        else:
-                            any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)
-                        if any_slow:
-                            for i in range(n_r):
-                                if slow[i]:
-                                    mi, p = i % nb, i // nb
-                                    key = np.uint64(((m0 + mi) * tiles + t) * cols * planes + p) + np.uint64(c) * kstep
-                                    u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1)) & np.uint64(0x7FFF))
-                                    code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo, np.int64(code[i]),
-                                                                     seed, key, thr, sigma, cdf)
-                        # per output the additions run in plane order, as in _kernel_cuts
-                        if simd:
-                            _simd.column_add(code.ctypes.data, nb, planes, bw.ctypes.data, lev.ctypes.data,
-                                             lev.shape[0], colw[c], acc[c].ctypes.data)
-                        else:
-                            w = colw[c]
-                            for p in range(planes):
-                                bwp = bw[p]
-                                for mi in range(nb):
-                                    acc[c, mi] += bwp * lev[code[p * nb + mi]] * w
+                for j in range(n_sub):
+                    c_lo, c_hi = j * n_out + n0, min(j * n_out + n1, cols)
+                    for g in range(c_lo - c_lo % GROUP, c_hi, GROUP):
+                        key0 = np.uint64((m0 * tiles + t) * cols * planes + g * planes)
+                        for p in range(planes):  # the group's random words: column g's reading keys (rows
+                            for mi in range(nb):  # innermost: the hashes vectorize)
+                                words[p * nb + mi] = _bits(seed, key0 + np.uint64(mi) * kstride + np.uint64(p), 0)
+                        for c in range(max(g, c_lo), min(g + GROUP, c_hi)):
+                            ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared)
+                            _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
+                            if simd:
+                                head = tables.shape[2] - _simd.HEADER
+                                any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
+                                                              tables[ti, ci].ctypes.data, s_lo,
+                                                              tables[ti, ci, head], n_s, tables[ti, ci, head + 1],
+                                                              n_r, code.ctypes.data, slow.ctypes.data) != 0
+                            else:
+                                any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)
+                            if any_slow:
+                                for i in range(n_r):
+                                    if slow[i]:
+                                        mi, p = i % nb, i // nb
+                                        key = (np.uint64(((m0 + mi) * tiles + t) * cols * planes + p)
+                                               + np.uint64(c) * kstep)
+                                        u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1))
+                                                        & np.uint64(0x7FFF))
+                                        code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo,
+                                                                         np.int64(code[i]), seed, key, thr, sigma,
+                                                                         cdf)
+                            # per output the additions run in plane order, as in _kernel_cuts
+                            if simd:
+                                _simd.column_add(code.ctypes.data, nb, planes, bw.ctypes.data, lev.ctypes.data,
+                                                 lev.shape[0], colw[c], acc[c].ctypes.data)
+                            else:
+                                w = colw[c]
+                                for p in range(planes):
+                                    bwp = bw[p]
+                                    for mi in range(nb):
+                                        acc[c, mi] += bwp * lev[code[p * nb + mi]] * w
             for mi in range(nb):
-                for n in range(n_out):
+                for n in range(n0, n1):
                     v = 0.0
                     for c in range(n, cols, n_out):
                         v += acc[c, mi]

@@ -288,7 +288,8 @@ def test_fused_noise_with_offsets_matches_reference_distribution(kind, lut_limit
 
 def _three_readouts(layer, x_int, w_int, seed, monkeypatch):
     """(outputs, fused tables) of a noisy layer read three ways under one noise seed: the column kernel with the
-    AVX-512 code where it runs, the column kernel with numba's code, the row kernel."""
+    AVX-512 code where it runs, the column kernel with numba's code, the row kernel. The column kernel's blocks
+    split into 3 output ranges (as for a layer of few rows) read the same, checked here too."""
     outs, tables = [], []
     for columns, simd in ((True, _simd.ENABLED), (True, False), (False, False)):
         monkeypatch.setattr(fused, "_COLUMN_CUTS", columns)
@@ -297,6 +298,12 @@ def _three_readouts(layer, x_int, w_int, seed, monkeypatch):
         layer.set_noise_seed(seed)
         outs.append(layer.chip_matmul(x_int, w_int))
         tables.append(layer._table_cache["fused_tables"])
+    monkeypatch.setattr(fused, "_COLUMN_CUTS", True)
+    monkeypatch.setattr(fused_columns, "SIMD", _simd.ENABLED)
+    monkeypatch.setattr(fused_columns, "splits", lambda *args: 3)
+    layer._table_cache.clear()
+    layer.set_noise_seed(seed)
+    assert torch.equal(layer.chip_matmul(x_int, w_int), outs[0])
     return outs, tables
 
 
@@ -483,3 +490,13 @@ def test_programmed_weights_are_reused_and_follow_every_weight_change(mode):
         y1 = layer(x)
         assert layer._table_cache["programmed"] is not programmed
         assert not torch.equal(y1, y0) and torch.equal(y1, fresh_output())
+
+
+def test_blocks_of_few_rows_are_split_over_output_ranges():
+    """fused_columns.splits: one task a block where the blocks alone give every thread two; otherwise output
+    ranges of at least 8 outputs, enough for that (a batch-16 classifier of 1,024 outputs on 2 threads: 4)."""
+    assert fused_columns.splits(16384, 32, 128, 2) == 1
+    assert fused_columns.splits(16, 32, 1024, 2) == 4
+    assert fused_columns.splits(64, 32, 1024, 4) == 4
+    assert fused_columns.splits(16, 32, 7, 2) == 1  # (too few outputs to split)
+    assert fused_columns.splits(16, 32, 20, 8) == 2
