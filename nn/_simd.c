@@ -7,8 +7,10 @@
  * them by one permute (vpermw over 32 entries; where one of the 32 reads rows 32-63, a two-register vpermi2w
  * with them loaded from memory, and rows 64-127 by two more), so no reading gathers from memory. (Most partial
  * sums of a 128-row array are small: in the benchmark's VGG-8, 1e-5-3e-4 of readings are 32 or more; holding
- * 64 rows in 16 registers spilled some to the stack, and loading only half a table a call halves its traffic.) Reading i: r = clamp(s[i] - s_lo, 0, n_wide - 1),
- * u = bits 16 * lane + 1 .. 16 * lane + 15 of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j} through lane
+ * 64 rows in 16 registers spilled some to the stack, and loading only half a table a call halves its traffic.)
+ * Reading i: r = clamp(s[i] - s_lo, 0, n_wide - 1) (int16 partial sums, s_lo and n_wide - 1 within int16: the
+ * engine's psums are computed in int16 only where a layer's range fits), u = bits 16 * lane + 1 .. 16 * lane + 15
+ * of words[i]; code = base + #{1 <= j <= 5 : u >= cut_j} through lane
  * row min(r, rows - 1), as nn.fused_columns._column_codes computes it. A reading that window cannot decide (u <
  * cut_0, u >= cut_6), or whose r reaches ``limit`` (rows the lanes do not hold), is looked up in the ``n_wide``
  * wide rows that follow (16 each: cuts 0-12 of a window from five codes below the noise-free one, then its
@@ -25,7 +27,7 @@
  */
 #include <stdint.h>
 
-#define CIM_SIMD_ABI 5
+#define CIM_SIMD_ABI 6
 #define WIDE 16      /* nn.fused_noise.WIDE: uint16 per wide row */
 #define WIDE_CUTS 13 /* its cuts (a window of 12 codes), then base */
 
@@ -48,20 +50,16 @@ static inline AVX512 __mmask8 first(int64_t left)
     return left >= 8 ? (__mmask8)0xFF : (left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1u));
 }
 
-/* 32 readings' 16-bit (r, u) from 4 x 8 int64 partial sums and random words (``valid``: the readings < n). */
-static inline AVX512 void load32(const int64_t *s, const uint64_t *words, __mmask32 valid, __m512i lo, __m512i top,
+/* 32 readings' 16-bit (r, u) from 32 int16 partial sums and 4 x 8 random words (``valid``: the readings < n). */
+static inline AVX512 void load32(const int16_t *s, const uint64_t *words, __mmask32 valid, __m512i lo, __m512i top,
                                  __m128i sh, __m512i *r, __m512i *u)
 {
-    const __m512i zero = _mm512_setzero_si512();
-    __m128i rr[4], uu[4];
-    for (int q = 0; q < 4; q++) {
-        __mmask8 m = (__mmask8)(valid >> (8 * q));
-        __m512i sv = _mm512_maskz_loadu_epi64(m, s + 8 * q);
-        rr[q] = _mm512_cvtepi64_epi16(_mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(sv, lo), zero), top));
-        uu[q] = _mm512_cvtepi64_epi16(_mm512_srl_epi64(_mm512_maskz_loadu_epi64(m, words + 8 * q), sh));
-    }
-    *r = _mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(rr[0]), rr[1], 1),
-                                               rr[2], 2), rr[3], 3);
+    __m128i uu[4];
+    for (int q = 0; q < 4; q++)
+        uu[q] = _mm512_cvtepi64_epi16(_mm512_srl_epi64(_mm512_maskz_loadu_epi64((__mmask8)(valid >> (8 * q)),
+                                                                                words + 8 * q), sh));
+    __m512i sv = _mm512_maskz_loadu_epi16(valid, s);
+    *r = _mm512_min_epi16(_mm512_max_epi16(_mm512_subs_epi16(sv, lo), _mm512_setzero_si512()), top);
     *u = _mm512_and_si512(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_inserti64x2(_mm512_castsi128_si512(uu[0]),
                                                                                    uu[1], 1), uu[2], 2), uu[3], 3),
                           _mm512_set1_epi16(0x7FFF));
@@ -99,7 +97,7 @@ static inline AVX512 __m512i lane_of(const __m512i *a, const uint16_t *table, in
     return v;
 }
 
-AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t lane, const uint16_t *table,
+AVX512 int64_t cim_column_codes(const int16_t *s, const uint64_t *words, int64_t lane, const uint16_t *table,
                                 int64_t s_lo, int64_t rows, int64_t n_wide, int64_t limit, int64_t n, uint16_t *code,
                                 uint8_t *slow)
 {
@@ -107,7 +105,8 @@ AVX512 int64_t cim_column_codes(const int64_t *s, const uint64_t *words, int64_t
     for (int j = 0; j < 8; j++)
         a[j] = _mm512_loadu_si512((const void *)(table + rows * j));
     const uint16_t *wide = table + 8 * rows;
-    const __m512i lo = _mm512_set1_epi64(s_lo), top = _mm512_set1_epi64(n_wide - 1), one = _mm512_set1_epi16(1);
+    const __m512i lo = _mm512_set1_epi16((short)s_lo), top = _mm512_set1_epi16((short)(n_wide - 1));
+    const __m512i one = _mm512_set1_epi16(1);
     const __m512i last = _mm512_set1_epi16((short)(rows - 1)), limit16 = _mm512_set1_epi16((short)limit);
     const __m512i thirty_two = _mm512_set1_epi16(32), sixty_four = _mm512_set1_epi16(64);
     const __m128i sh = _mm_cvtsi64_si128(16 * lane + 1);

@@ -27,7 +27,7 @@ from nn.fused_noise import WIDE, WIDE_WINDOW
 
 logger = logging.getLogger(__name__)
 
-ABI = 5  # CIM_SIMD_ABI of nn/_simd.c
+ABI = 6  # CIM_SIMD_ABI of nn/_simd.c
 ROWS = 64  # partial-sum rows of a lane table's first half (0-31 held in registers, 32-63 loaded where needed)
 MAX_LANE_ROWS = 2 * ROWS + 1  # lane rows a table may need: 128 held (the next 64 from memory), the 129th (a
 #   128-row array's partial sum 128) read through the wide rows
@@ -88,7 +88,7 @@ if AVAILABLE:
         sh = np.uint64(16 * lane + 1)
         any_slow = 0
         for i in range(n):
-            r = min(max(s[i] - s_lo, 0), n_wide - 1)
+            r = min(max(np.int64(s[i]) - s_lo, 0), n_wide - 1)
             rl = min(r, rows - 1)
             u = np.uint16((words[i] >> sh) & np.uint64(0x7FFF))
             k = np.int64(table[7 * rows + rl])
@@ -119,8 +119,8 @@ if AVAILABLE:
                 acc[mi] += bw[p] * lev[code[p * nb + mi]] * w
 
     _i64, _u16, _f64, _ptr = types.int64, types.uint16, types.float64, types.CPointer
-    _CODES = (types.int64(_ptr(_i64), _ptr(types.uint64), _i64, _ptr(_u16), _i64, _i64, _i64, _i64, _i64, _ptr(_u16),
-                          _ptr(types.uint8)), _column_codes_scalar)
+    _CODES = (types.int64(_ptr(types.int16), _ptr(types.uint64), _i64, _ptr(_u16), _i64, _i64, _i64, _i64, _i64,
+                          _ptr(_u16), _ptr(types.uint8)), _column_codes_scalar)
     _ADD = types.void(_ptr(_u16), _i64, _i64, _ptr(_f64), _ptr(_f64), _i64, _f64, _ptr(_f64)), _column_add_scalar
 
     def _external(name: str, sig, scalar):  # noqa: ANN001, ANN202 - numba signatures
@@ -145,10 +145,10 @@ def column_tables(cuts: np.ndarray, wide: np.ndarray) -> np.ndarray | None:
     entries may be cut short where their trailing rows repeat): the entries' 16-bit lanes transposed (lane j of
     partial-sum index r at j * rows + r; rows = 64, or 128 for m > 64; rows past m repeat the last), then the
     wide rows, then the header (rows, and the first partial-sum index the lanes do not hold: n, or 128 where
-    m = 129). None where m > 129 or n > 65535 (the numba code or the row kernel reads those)."""
+    m = 129). None where m > 129 or n > 32768 (the numba code or the row kernel reads those)."""
     tiles, cols, m, _ = cuts.shape
     n = wide.shape[2]
-    if m > MAX_LANE_ROWS or n > 2**16 - 1:  # (the C code holds row indices in 16 bits)
+    if m > MAX_LANE_ROWS or n > 2**15:  # (the C code holds row indices, and n - 1, in int16)
         return None
     rows = lane_rows(m)
     held = min(m, rows)

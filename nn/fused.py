@@ -559,7 +559,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         med = median.reshape(-1).numpy()
         columns, col_tables, cuts = fused_columns.plan(fused_noise.table_cuts(cdf_padded, med), False,
                                                        fused_noise.wide_table(cdf_padded, med)
-                                                       if serial and fused_columns.SIMD else None)
+                                                       if serial and fused_columns.SIMD
+                                                       and fused_columns.fits_int16((lo, hi)) else None)
         tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, empty3, no_code0, cdf_padded, cuts, lo
     elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
@@ -581,7 +582,8 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
                 by_column = serial and flat_shift is not None
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                simd = serial and fused_columns.takes(by_column, cut_thr.shape[0], cut_thr.shape[1], n_s)
+                simd = (serial and fused_columns.fits_int16((lo, hi))
+                        and fused_columns.takes(by_column, cut_thr.shape[0], cut_thr.shape[1], n_s))
                 wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if simd else None
                 columns, col_tables, cuts = fused_columns.plan(cuts, by_column, wide)  # (in the lookup table's slot)
                 tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, cut_thr, no_code0, empty2, cuts, s_lo

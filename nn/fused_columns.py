@@ -49,6 +49,12 @@ SIMD = _simd.ENABLED  # read the codes by nn/_simd.c's AVX-512 code (read when a
 NO_TABLES = np.zeros((0, 0, _simd.HEADER), np.uint16)  # (the kernel's numba code)
 
 
+def fits_int16(psum_range: tuple[int, int]) -> bool:
+    """Whether a layer's partial sums (``CIMConfig.psum_range``, which also bounds the kernel's running sums)
+    fit the int16 the AVX-512 code reads them as."""
+    return -(2**15) < psum_range[0] and psum_range[1] < 2**15
+
+
 def takes(per_column: bool, tiles: int, cols: int, n_s: int) -> bool:
     """Whether cut tables of ``n_s`` partial sums get column tables for the AVX-512 code (:data:`SIMD`): shared
     ones (one table) always; a chip's per-column ones where their range spans at most 129 partial sums and the
@@ -159,6 +165,7 @@ if AVAILABLE:
             acc = np.zeros((cols, nb))  # column-major: a column's rows are contiguous
             xb = np.empty((n_words, n_r), np.uint64)
             s = np.empty(n_r, np.int64)
+            s16 = np.empty(n_r if simd else 0, np.int16)  # (the partial sums fit: fits_int16)
             words = np.empty(n_r, np.uint64)
             code, slow = np.empty(n_r, np.uint16), np.empty(n_r, np.bool_)  # (codes < 2^16, as in the tables)
             e = np.empty((2, n_r), np.uint64)
@@ -176,14 +183,15 @@ if AVAILABLE:
                                 words[p * nb + mi] = _bits(seed, key0 + np.uint64(mi) * kstride + np.uint64(p), 0)
                         for c in range(max(g, c_lo), min(g + GROUP, c_hi)):
                             ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared)
-                            _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
-                            if simd:
+                            if simd:  # (int16 partial sums: one load per 32 readings in the C code)
+                                _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s16)
                                 head = tables.shape[2] - _simd.HEADER
-                                any_slow = _simd.column_codes(s.ctypes.data, words.ctypes.data, c - g,
+                                any_slow = _simd.column_codes(s16.ctypes.data, words.ctypes.data, c - g,
                                                               tables[ti, ci].ctypes.data, s_lo,
                                                               tables[ti, ci, head], n_s, tables[ti, ci, head + 1],
                                                               n_r, code.ctypes.data, slow.ctypes.data) != 0
                             else:
+                                _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
                                 any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)
                             if any_slow:
                                 for i in range(n_r):
@@ -193,7 +201,8 @@ if AVAILABLE:
                                                + np.uint64(c) * kstep)
                                         u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1))
                                                         & np.uint64(0x7FFF))
-                                        code[i] = fused_noise._slow_code(u15, s[i], ti, ci, s[i] - lo,
+                                        si = np.int64(s16[i]) if simd else s[i]
+                                        code[i] = fused_noise._slow_code(u15, si, ti, ci, si - lo,
                                                                          np.int64(code[i]), seed, key, thr, sigma,
                                                                          cdf)
                             # per output the additions run in plane order, as in _kernel_cuts

@@ -500,3 +500,22 @@ def test_blocks_of_few_rows_are_split_over_output_ranges():
     assert fused_columns.splits(64, 32, 1024, 4) == 4
     assert fused_columns.splits(16, 32, 7, 2) == 1  # (too few outputs to split)
     assert fused_columns.splits(16, 32, 20, 8) == 2
+
+
+def test_partial_sums_beyond_int16_keep_numbas_codes(monkeypatch):
+    """The AVX-512 code reads partial sums as int16: a layer whose range does not fit (11,000-row arrays of
+    2-bit cells: 0..33,000) gets no column tables, and its column kernel (numba's codes, int64 sums) still
+    reads what the row kernel reads, bit for bit."""
+    assert fused_columns.fits_int16((-32767, 32767)) and not fused_columns.fits_int16((0, 32768))
+    assert not fused_columns.fits_int16((-32768, 0))
+    adc = ADCConfig(bits=4, noise_sigma=0.4, psum_max=15.0)
+    cfg = CIMConfig(adc=adc, array=ArrayConfig(rows=11000, cell_bits=2, n_macros=1, adcs_per_macro=2),
+                    quant=QuantConfig(weight_bits=3, input_bits=2))
+    assert cfg.psum_range[1] > 32767
+    torch.manual_seed(4)
+    layer = CIMLinear(11000, 2, cim_config=cfg).double()
+    layer.load_adc_offsets(np.random.default_rng(5).normal(0, 0.5, (1, 2, cfg.adc.n_thresholds)))
+    x_int, _, w_int, _ = layer.quantize(torch.rand(5, 11000, dtype=torch.float64) * 0.01)
+    outs, tables = _three_readouts(layer, x_int, w_int, 3, monkeypatch)
+    assert tables[0][0] == fused.MODE_CUT_COLUMNS and tables[0][1].shape[0] == 0
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[2])

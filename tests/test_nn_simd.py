@@ -135,9 +135,10 @@ def test_column_codes_are_exact_inverse_cdf_draws_where_decided(source, n):
             want_code[i] = fused_noise._slow_code(u15[i], s[i], 0, ci, s[i] - s_lo, base, np.uint64(9), np.uint64(i),
                                                   thr, sigma, cdf)
         rows, limit = _header(tables[0, ci])
+        s16 = s.astype(np.int16)  # (the kernel's partial sums, as the C code reads them)
         for fn in fns:
             code, slow = np.full(n, 65535, np.uint16), np.full(n, 7, np.uint8)
-            got_any = fn(_ptr(s), _ptr(words), lane, _ptr(tables[0, ci]), s_lo, rows, n_s, limit, n, _ptr(code),
+            got_any = fn(_ptr(s16), _ptr(words), lane, _ptr(tables[0, ci]), s_lo, rows, n_s, limit, n, _ptr(code),
                          _ptr(slow))
             slow = slow.astype(bool)
             assert set(np.unique(slow)) <= {False, True} and bool(got_any) == slow.any()
