@@ -100,20 +100,29 @@ if AVAILABLE:
     from nn._numba_prims import _bits, _popcount
 
     @njit(cache=True, inline="always")
+    def _add_popcounts(xb, k, w0, w1, b, sign, s):
+        """s[i] += sign * (popcount(xb[k, i] & w0) + popcount(xb[k + 1, i] & w1)) << b (w1 = 0: word k alone)."""
+        if w1 == 0:
+            if w0 != 0:
+                for i in range(s.shape[0]):
+                    s[i] += sign * (np.int64(_popcount(xb[k, i] & w0)) << b)
+        else:
+            for i in range(s.shape[0]):
+                s[i] += sign * ((np.int64(_popcount(xb[k, i] & w0)) + np.int64(_popcount(xb[k + 1, i] & w1))) << b)
+
+    @njit(cache=True, inline="always")
     def _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s):
-        """s[i] = the partial sum of column c of tile t for reading i, from ``xb`` [words, readings]."""
+        """s[i] = the partial sum of column c of tile t for reading i, from ``xb`` [words, readings]: words two
+        at a time, one pass over the readings per pair (a 128-row tile: one pass)."""
         s[:] = 0
+        n_words = xb.shape[0]
         for b in range(wp.shape[1]):
-            for k in range(xb.shape[0]):
-                w = wp[t, b, k, c]
-                if w != 0:
-                    for i in range(s.shape[0]):
-                        s[i] += np.int64(_popcount(xb[k, i] & w)) << b
+            for k in range(0, n_words, 2):
+                w1 = wp[t, b, k + 1, c] if k + 1 < n_words else np.uint64(0)
+                _add_popcounts(xb, k, wp[t, b, k, c], w1, b, 1, s)
                 if minus:
-                    w = wm[t, b, k, c]
-                    if w != 0:
-                        for i in range(s.shape[0]):
-                            s[i] -= np.int64(_popcount(xb[k, i] & w)) << b
+                    w1 = wm[t, b, k + 1, c] if k + 1 < n_words else np.uint64(0)
+                    _add_popcounts(xb, k, wm[t, b, k, c], w1, b, -1, s)
         if xnor:
             for i in range(s.shape[0]):
                 s[i] = 2 * s[i] - ssum[t, c]
