@@ -544,6 +544,7 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
     no_code0, no_cuts = np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1, 2), np.uint64)
     small = tiles * cols * (hi - lo + 1) <= _LUT_MAX_ENTRIES
     serial = _COLUMN_CUTS and cfg.quant.input_mode == "bit_serial"  # (nn.fused_columns reads bit-serial cuts)
+    in_c = serial and fused_columns.SIMD and fused_columns.fits_int16((lo, hi))  # (nn/_simd.c may read them)
     tables: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
     if adc.noise_mean:  # the expected level of every partial sum, read like a noise-free table
         if not small:
@@ -558,9 +559,7 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
         cdf_padded = np.ascontiguousarray(torch.cat([-ends, cdf, 2 * ends], -1).numpy())
         med = median.reshape(-1).numpy()
         columns, col_tables, cuts = fused_columns.plan(fused_noise.table_cuts(cdf_padded, med), False,
-                                                       fused_noise.wide_table(cdf_padded, med)
-                                                       if serial and fused_columns.SIMD
-                                                       and fused_columns.fits_int16((lo, hi)) else None)
+                                                       fused_noise.wide_table(cdf_padded, med) if in_c else None)
         tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, empty3, no_code0, cdf_padded, cuts, lo
     elif adc.noise_sigma == 0 and small:
         table = lookup_tables(adc, thr, lev, step, flat_shift, tiles, cols, lo, hi).numpy()
@@ -582,8 +581,7 @@ def _readout(cfg: CIMConfig, thr: torch.Tensor, lev: torch.Tensor, step: float, 
                 # per-column cuts of bit-serial readings are read column by column, laid out for it
                 by_column = serial and flat_shift is not None
                 cuts = fused_noise.gaussian_cuts(cut_thr, s_lo, n_s, sigma, by_column)
-                simd = (serial and fused_columns.fits_int16((lo, hi))
-                        and fused_columns.takes(by_column, cut_thr.shape[0], cut_thr.shape[1], n_s))
+                simd = in_c and fused_columns.takes(by_column, cut_thr.shape[0], cut_thr.shape[1], n_s)
                 wide = fused_noise.wide_gaussian(cut_thr, s_lo, n_s, sigma) if simd else None
                 columns, col_tables, cuts = fused_columns.plan(cuts, by_column, wide)  # (in the lookup table's slot)
                 tables = MODE_CUT_COLUMNS if columns else MODE_CUTS, col_tables, cut_thr, no_code0, empty2, cuts, s_lo

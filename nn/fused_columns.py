@@ -147,37 +147,48 @@ if AVAILABLE:
             any_slow |= bad
         return any_slow != 0
 
+    @njit(cache=True, inline="always")
+    def _slow_codes(s, words, lane, key_c, kstride, nb, ti, ci, lo, seed, thr, sigma, cdf, code, slow):
+        """The exact codes of the readings ``slow`` flags (:func:`nn.fused_noise._slow_code`, walked from the code
+        the cuts gave); reading i = p * nb + mi of the column is keyed ``key_c + mi * kstride + p``."""
+        for i in range(s.shape[0]):
+            if slow[i]:
+                key = np.uint64(key_c) + np.uint64(i % nb) * kstride + np.uint64(i // nb)
+                u15 = np.uint16((words[i] >> np.uint64(16 * lane + 1)) & np.uint64(0x7FFF))
+                code[i] = fused_noise._slow_code(u15, np.int64(s[i]), ti, ci, np.int64(s[i]) - lo, np.int64(code[i]),
+                                                 seed, key, thr, sigma, cdf)
+
     @njit(parallel=True, cache=True)
     def kernel_cuts_columns(xw, wp, wm, minus, xnor, ssum, bitw_int, n_out, lo, thr, lev, colw, sigma, cdf, seed,
-                            cuts, s_lo, tables, block, splits, out):
+                            cuts, s_lo, tables, block, parts, out):
         """Bit-serial :func:`nn.fused._kernel_cuts` (same readings, keys and sums), column by column within
         blocks of ``block`` rows, for a chip's per-column cuts [T, C, n_s, 2] and thresholds ``thr`` [T, C, n + 2]
         (every tile and column its own), or cuts [1, 1, n_s, 2] that every column shares (a noise table, whose
         ``cdf`` the slow path reads, or Gaussian noise without offsets, ``thr`` [1, 1, n + 2]). ``tables``: the
         cuts' column tables (:func:`nn._simd.column_tables`; [1, 1, ...] shared), read by the
-        AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code. Each block is split into ``splits`` tasks
+        AVX-512 code, or empty (:data:`NO_TABLES`) for the numba code. Each block is split into ``parts`` tasks
         over the outputs (the columns c = n + j n_out of outputs n in a range; :func:`splits`), so that layers
         of few rows (a batch's classifier) run on every thread; the sums are the same whatever the split."""
         m_rows, tiles, planes, n_words = xw.shape
         cols = wp.shape[3]
         n_s = cuts.shape[2]
         simd = tables.shape[0] > 0
-        kstep, kstride = np.uint64(planes), np.uint64(tiles * cols * planes)
+        kstride = np.uint64(tiles * cols * planes)
         bw = bitw_int.astype(np.float64)
         n_sub = (cols + n_out - 1) // n_out  # columns c = n + j * n_out, j < n_sub, are output n's
-        for task in prange(((m_rows + block - 1) // block) * splits):
-            blk, part = task // splits, task % splits
-            n0, n1 = part * n_out // splits, (part + 1) * n_out // splits  # this task's outputs
+        for task in prange(((m_rows + block - 1) // block) * parts):
+            blk, part = task // parts, task % parts
+            n0, n1 = part * n_out // parts, (part + 1) * n_out // parts  # this task's outputs
             m0 = blk * block
             nb = min(block, m_rows - m0)
             n_r = nb * planes
             acc = np.zeros((cols, nb))  # column-major: a column's rows are contiguous
             xb = np.empty((n_words, n_r), np.uint64)
-            s = np.empty(n_r, np.int64)
+            s = np.empty(0 if simd else n_r, np.int64)  # numba's codes read int64 sums and gather entries into e
+            e = np.empty((2, 0 if simd else n_r), np.uint64)
             s16 = np.empty(n_r if simd else 0, np.int16)  # (the partial sums fit: fits_int16)
             words = np.empty(n_r, np.uint64)
             code, slow = np.empty(n_r, np.uint16), np.empty(n_r, np.bool_)  # (codes < 2^16, as in the tables)
-            e = np.empty((2, n_r), np.uint64)
             for t in range(tiles):
                 for mi in range(nb):  # readings plane-major: i = p * nb + mi
                     for p in range(planes):
@@ -192,28 +203,21 @@ if AVAILABLE:
                                 words[p * nb + mi] = _bits(seed, key0 + np.uint64(mi) * kstride + np.uint64(p), 0)
                         for c in range(max(g, c_lo), min(g + GROUP, c_hi)):
                             ti, ci = t if cuts.shape[0] > 1 else 0, c if cuts.shape[1] > 1 else 0  # (shared)
+                            key_c = (m0 * tiles + t) * cols * planes + c * planes  # (reading keys as _kernel_cuts)
                             if simd:  # (int16 partial sums: one load per 32 readings in the C code)
                                 _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s16)
                                 head = tables.shape[2] - _simd.HEADER
-                                any_slow = _simd.column_codes(s16.ctypes.data, words.ctypes.data, c - g,
-                                                              tables[ti, ci].ctypes.data, s_lo,
-                                                              tables[ti, ci, head], n_s, tables[ti, ci, head + 1],
-                                                              n_r, code.ctypes.data, slow.ctypes.data) != 0
+                                if _simd.column_codes(s16.ctypes.data, words.ctypes.data, c - g,
+                                                      tables[ti, ci].ctypes.data, s_lo, tables[ti, ci, head], n_s,
+                                                      tables[ti, ci, head + 1], n_r, code.ctypes.data,
+                                                      slow.ctypes.data) != 0:
+                                    _slow_codes(s16, words, c - g, key_c, kstride, nb, ti, ci, lo, seed, thr, sigma,
+                                                cdf, code, slow)
                             else:
                                 _column_psums(xb, wp, wm, minus, xnor, ssum, t, c, s)
-                                any_slow = _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow)
-                            if any_slow:
-                                for i in range(n_r):
-                                    if slow[i]:
-                                        mi, p = i % nb, i // nb
-                                        key = (np.uint64(((m0 + mi) * tiles + t) * cols * planes + p)
-                                               + np.uint64(c) * kstep)
-                                        u15 = np.uint16((words[i] >> np.uint64(16 * (c - g) + 1))
-                                                        & np.uint64(0x7FFF))
-                                        si = np.int64(s16[i]) if simd else s[i]
-                                        code[i] = fused_noise._slow_code(u15, si, ti, ci, si - lo,
-                                                                         np.int64(code[i]), seed, key, thr, sigma,
-                                                                         cdf)
+                                if _column_codes(s, words, c - g, cuts, ti, ci, s_lo, e, code, slow):
+                                    _slow_codes(s, words, c - g, key_c, kstride, nb, ti, ci, lo, seed, thr, sigma,
+                                                cdf, code, slow)
                             # per output the additions run in plane order, as in _kernel_cuts
                             if simd:
                                 _simd.column_add(code.ctypes.data, nb, planes, bw.ctypes.data, lev.ctypes.data,
